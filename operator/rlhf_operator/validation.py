@@ -1,0 +1,120 @@
+"""Turning a YAML document into an RLHFJob, with errors that name the field and the fix."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+from pydantic import ValidationError
+
+from .spec import API_VERSION, KIND, RLHFJob, RLHFJobSpec
+
+_PATH_PREFIX = re.compile(r"^(?:Value error, )?([A-Za-z][A-Za-z0-9_.\[\]]*): (.*)$", re.S)
+
+
+@dataclass(frozen=True)
+class FieldError:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class InvalidJob(ValueError):
+    """A spec that cannot run. ``errors`` holds one entry per problem."""
+
+    def __init__(self, errors: list[FieldError]):
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
+
+
+def _join(loc: Iterable[Any]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + str(part)
+    return path
+
+
+def _hint(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown field; check its spelling (fields are camelCase) or remove it"
+    if kind == "missing":
+        return "required field is missing"
+    return error["msg"].removeprefix("Value error, ")
+
+
+def field_errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[FieldError]:
+    """Flatten a pydantic error into field paths in YAML spelling (spec.algorithm.nSamplesPerPrompt)."""
+    errors: list[FieldError] = []
+    for error in exc.errors():
+        loc = prefix + tuple(error["loc"])
+        # Unions (quantities) repeat the error per member; the member name is noise.
+        loc = tuple(p for p in loc if p not in ("int", "float", "str", "function-after[_cpu(), union[int,float,str]]"))
+        message = _hint(error)
+        match = _PATH_PREFIX.match(message)
+        if match and error["type"] == "value_error":
+            loc = loc + tuple(match.group(1).split("."))
+            message = match.group(2)
+        errors.append(FieldError(_join(loc), message))
+    # Keep order, drop exact repeats (union members).
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for e in errors:
+        if (e.path, e.message) not in seen:
+            seen.add((e.path, e.message))
+            unique.append(e)
+    return unique
+
+
+def parse_job(document: Any) -> RLHFJob:
+    """Validate one parsed YAML document as an RLHFJob; raise InvalidJob listing every problem."""
+    if not isinstance(document, dict):
+        raise InvalidJob([FieldError("(document)", "expected a YAML mapping with apiVersion, kind, metadata and spec")])
+    errors: list[FieldError] = []
+    if document.get("apiVersion") != API_VERSION:
+        errors.append(FieldError("apiVersion", f"must be {API_VERSION} (got {document.get('apiVersion')!r})"))
+    if document.get("kind") != KIND:
+        errors.append(FieldError("kind", f"must be {KIND} (got {document.get('kind')!r})"))
+    if errors:
+        raise InvalidJob(errors)
+    try:
+        return RLHFJob.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidJob(field_errors(exc)) from None
+
+
+def parse_spec(spec: Any) -> RLHFJobSpec:
+    """Validate the spec part alone (the operator receives spec and metadata separately)."""
+    try:
+        return RLHFJobSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise InvalidJob(field_errors(exc, ("spec",))) from None
+
+
+def load_documents(path: Path | str) -> list[Any]:
+    text = Path(path).read_text()
+    try:
+        return [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise InvalidJob([FieldError(str(path), f"is not valid YAML: {exc}")]) from None
+
+
+def load_job(path: Path | str, name: Optional[str] = None) -> RLHFJob:
+    """Load the RLHFJob from a YAML file (the first one, or the one called ``name``)."""
+    docs = [d for d in load_documents(path) if isinstance(d, dict) and d.get("kind") == KIND]
+    if name is not None:
+        docs = [d for d in docs if (d.get("metadata") or {}).get("name") == name]
+    if not docs:
+        all_docs = load_documents(path)
+        if len(all_docs) == 1:
+            return parse_job(all_docs[0])  # reports apiVersion/kind problems
+        raise InvalidJob([FieldError(str(path), f"holds no {KIND}" + (f" named {name}" if name else ""))])
+    return parse_job(docs[0])
