@@ -17,7 +17,6 @@ from enum import Enum
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
-    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -269,8 +268,8 @@ class DynamicFilteringSpec(SpecModel):
     enabled: Annotated[bool, Field(default=False, description="Enable dynamic filtering.")] = False
     score_range: Annotated[
         list[float],
-        Field(default_factory=lambda: [0.0, 1.0], min_length=2, max_length=2, description="[lo, hi] bounds, exclusive (OpenRLHF --dynamic_filtering_reward_range)."),
-    ]
+        Field(min_length=2, max_length=2, description="[lo, hi] bounds, exclusive (OpenRLHF --dynamic_filtering_reward_range)."),
+    ] = [0.0, 1.0]
 
     @field_validator("score_range")
     @classmethod
@@ -312,11 +311,7 @@ class AlgorithmSpec(SpecModel):
     clip_range: Annotated[float, Field(default=0.2, gt=0, le=10, description="PPO ratio clip ε (OpenRLHF --eps_clip).")] = 0.2
     value_clip: Annotated[float, Field(default=0.2, gt=0, description="Critic value clip (OpenRLHF --value_clip).")] = 0.2
     gamma: Annotated[float, Field(default=1.0, ge=0, le=1, description="Discount factor γ.")] = 1.0
-    lambd: Annotated[
-        float,
-        Field(default=0.95, ge=0, le=1, validation_alias=AliasChoices("lambd", "lambda"), serialization_alias="lambd",
-              description="GAE λ (OpenRLHF --lambd)."),
-    ] = 0.95
+    lambd: Annotated[float, Field(default=0.95, ge=0, le=1, description="GAE λ (OpenRLHF --lambd).")] = 0.95
     entropy_coef: Annotated[float, Field(default=0.0, ge=0, description="Entropy bonus coefficient.")] = 0.0
     dynamic_filtering: Annotated[
         DynamicFilteringSpec, Field(default_factory=DynamicFilteringSpec, description="Dynamic sample filtering by score."),

@@ -1,0 +1,250 @@
+"""The ``rlhf`` command line.
+
+    rlhf validate JOB.yaml          check a job; one line per error naming the field
+    rlhf render JOB.yaml            the objects the operator would create, as YAML
+    rlhf crd                        the generated CustomResourceDefinition
+    rlhf run JOB.yaml --output DIR  run the job locally on an embedded Ray
+    rlhf test-reward FILE.py --data SAMPLES.jsonl
+    rlhf tiny-model DIR             write a tiny random model + tokenizer for local runs
+    rlhf operator                   start the operator
+
+Commands that need the worker stack (run, test-reward, tiny-model) import it lazily, so the
+operator image, which has no torch, runs the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import yaml
+
+EXIT_INVALID = 2
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data):  # noqa: D401 - yaml hook
+        return True
+
+
+def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    # Code and configs read best as literal blocks; YAML cannot write those with trailing spaces.
+    if "\n" in data and not any(line != line.rstrip() for line in data.splitlines()):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data)
+
+
+_NoAliasDumper.add_representer(str, _str_presenter)
+
+
+def dump_yaml_documents(objects: Sequence[dict]) -> str:
+    return yaml.dump_all(objects, Dumper=_NoAliasDumper, sort_keys=False, width=120)
+
+
+def _configmap_sources(pairs: Sequence[str], job_dir: Path) -> dict[str, dict[str, str]]:
+    """--configmap NAME=FILE: FILE is a ConfigMap manifest, or a source file used for any key."""
+    found: dict[str, dict[str, str]] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"rlhf: --configmap expects NAME=FILE (got {pair!r})")
+        name, file = pair.split("=", 1)
+        path = Path(file) if Path(file).is_absolute() or Path(file).exists() else job_dir / file
+        text = path.read_text()
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError:
+            doc = None
+        if isinstance(doc, dict) and doc.get("kind") == "ConfigMap":
+            found[name] = dict(doc.get("data") or {})
+        else:
+            found[name] = {"*": text}
+    return found
+
+
+def _resolve_code(job, configmaps: dict[str, dict[str, str]], job_dir: Path) -> dict[str, str]:
+    """Source for each configMapRef: from --configmap, else a file named like the key beside
+    the job file, else a placeholder (with a warning) so the rest can still be rendered."""
+    from .render import code_refs
+    from .validation import FieldError, InvalidJob
+
+    sources: dict[str, str] = {}
+    errors = []
+    for ref in code_refs(job.spec):
+        data = configmaps.get(ref.config_map)
+        beside = job_dir / ref.key
+        if data is None and beside.is_file():
+            print(f"rlhf: {ref.field}: using {beside} as ConfigMap {ref.config_map!r} key {ref.key!r}", file=sys.stderr)
+            sources[ref.file] = beside.read_text()
+        elif data is None:
+            print(f"rlhf: {ref.field}: ConfigMap {ref.config_map!r} not given; the code snapshot holds a placeholder"
+                  f" (pass --configmap {ref.config_map}=FILE for the real one)", file=sys.stderr)
+            sources[ref.file] = f"# placeholder: the operator copies ConfigMap {ref.config_map!r} key {ref.key!r} here\n"
+        elif ref.key in data or "*" in data:
+            sources[ref.file] = data.get(ref.key, data.get("*"))
+        else:
+            errors.append(FieldError(ref.field, f"ConfigMap {ref.config_map!r} has no key {ref.key!r}"
+                                     f" (it has: {', '.join(sorted(data)) or 'nothing'})"))
+    if errors:
+        raise InvalidJob(errors)
+    return sources
+
+
+def _summary(job) -> str:
+    spec = job.spec
+    if spec.agent:
+        source = f"agent({spec.agent.kind()}, maxSteps={spec.agent.max_steps})"
+    else:
+        reward = spec.reward
+        detail = reward.function.kind() if reward.function else reward.remote.url if reward.remote else reward.model.path
+        source = f"reward={reward.source()}({detail})"
+    algo = spec.algorithm
+    return (f"{job.metadata.name}: valid RLHFJob — model {spec.model.path}, {source},"
+            f" {algo.advantage_estimator} × {algo.n_samples_per_prompt} samples/prompt,"
+            f" rollout {spec.rollout.backend} ×{spec.rollout.engines}, {spec.training.trainers} trainer(s) ZeRO-{spec.training.zero_stage}")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .validation import InvalidJob, load_job
+
+    status = 0
+    for file in args.files:
+        try:
+            job = load_job(file)
+        except InvalidJob as exc:
+            for error in exc.errors:
+                print(f"{file}: {error}", file=sys.stderr)
+            status = EXIT_INVALID
+        except OSError as exc:
+            print(f"{file}: cannot read: {exc.strerror}", file=sys.stderr)
+            status = EXIT_INVALID
+        else:
+            print(f"{file}: ok: {_summary(job)}")
+    return status
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .render import RenderOptions, render
+    from .validation import InvalidJob, load_job
+
+    try:
+        job = load_job(args.file)
+        if args.namespace:
+            job.metadata.namespace = args.namespace
+        if args.uid:
+            job.metadata.uid = args.uid
+        code = _resolve_code(job, _configmap_sources(args.configmap, Path(args.file).parent), Path(args.file).parent)
+    except InvalidJob as exc:
+        for error in exc.errors:
+            print(f"{args.file}: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    options = RenderOptions(default_image=args.worker_image) if args.worker_image else RenderOptions()
+    sys.stdout.write(dump_yaml_documents(render(job, code, options)))
+    return 0
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    from .crd import crd_yaml
+
+    text = crd_yaml()
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        from rlhf_workers.local import run_local
+    except ImportError as exc:
+        print(f"rlhf run needs the worker stack ({exc.name} is missing): pip install 'rlhf-operator[cpu]'", file=sys.stderr)
+        return 1
+    configmaps = {}
+    for pair in args.configmap:
+        name, _, file = pair.partition("=")
+        configmaps[name] = file
+    return run_local(args.file, args.output, configmap_files=configmaps or None, max_steps=args.max_steps, quiet=args.quiet)
+
+
+def cmd_test_reward(args: argparse.Namespace) -> int:
+    try:
+        from rlhf_workers.reward_check import run_reward_check
+    except ImportError as exc:
+        print(f"rlhf test-reward needs the worker stack ({exc.name} is missing): pip install 'rlhf-operator[cpu]'", file=sys.stderr)
+        return 1
+    return run_reward_check(args.file, args.data, input_key=args.input_key, label_key=args.label_key,
+                            response_key=args.response_key)
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from rlhf_workers.tiny import make_tiny_model
+
+    make_tiny_model(args.directory)
+    print(f"wrote a tiny model and tokenizer to {args.directory}")
+    return 0
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from .main import run_operator
+
+    return run_operator(namespaces=args.namespace, all_namespaces=args.all_namespaces, verbose=args.verbose)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhf", description="RLHF Operator: RLHFJob tools, local runs and the operator.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="validate RLHFJob files")
+    p.add_argument("files", nargs="+", metavar="JOB.yaml")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("render", help="print the objects the operator would create")
+    p.add_argument("file", metavar="JOB.yaml")
+    p.add_argument("--configmap", action="append", default=[], metavar="NAME=FILE",
+                   help="content for a configMapRef: a ConfigMap manifest, or the source file itself")
+    p.add_argument("--namespace", help="namespace to render into (default: the job's)")
+    p.add_argument("--uid", help="the RLHFJob's uid, for ownerReferences (known only on a cluster)")
+    p.add_argument("--worker-image", help="default worker image when spec.cluster.image is unset")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("crd", help="print the generated CustomResourceDefinition")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.set_defaults(func=cmd_crd)
+
+    p = sub.add_parser("run", help="run a job locally on an embedded Ray")
+    p.add_argument("file", metavar="JOB.yaml")
+    p.add_argument("--output", "-o", default="out", help="directory for metrics, checkpoints and the final model")
+    p.add_argument("--configmap", action="append", default=[], metavar="NAME=FILE", help="local file for a configMapRef")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("test-reward", help="run a reward_func file on samples and check its contract")
+    p.add_argument("file", metavar="FILE.py")
+    p.add_argument("--data", required=True, metavar="SAMPLES.jsonl")
+    p.add_argument("--input-key", default=None, help="prompt field (default: prompt or input)")
+    p.add_argument("--label-key", default=None, help="label field passed as labels")
+    p.add_argument("--response-key", default=None, help="response field (default: response or output)")
+    p.set_defaults(func=cmd_test_reward)
+
+    p = sub.add_parser("tiny-model", help="write a tiny random-init model and byte-level tokenizer")
+    p.add_argument("directory")
+    p.set_defaults(func=cmd_tiny_model)
+
+    p = sub.add_parser("operator", help="run the operator")
+    p.add_argument("--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable)")
+    p.add_argument("--all-namespaces", "-A", action="store_true", help="watch all namespaces (default unless -n or RLHF_NAMESPACES)")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=cmd_operator)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""Generate the RLHFJob CustomResourceDefinition from the pydantic spec model.
+
+Run ``rlhf crd > crds/rlhf.dev_rlhfjobs.yaml``; a test fails when the committed file drifts.
+
+Pydantic's JSON Schema is not a Kubernetes *structural* schema, so it is rewritten:
+``$ref``/``$defs`` are inlined, ``Optional[X]`` becomes X (absence is how Kubernetes says
+"unset"), enums and literals become string enums, free-form maps are marked
+``x-kubernetes-preserve-unknown-fields``, int-or-string quantities get
+``x-kubernetes-int-or-string``, and CEL rules declared on the models become
+``x-kubernetes-validations``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+from . import spec as s
+
+_DROP = {"title", "examples"}
+# Bounds keep the API server's CEL cost estimates (which assume the largest possible
+# list or map) far below its limits for the immutability rules that compare sub-objects.
+MAX_ITEMS = 256
+_OPTIONAL = "x-rlhf-optional"  # internal marker, removed before output
+_STRUCTURAL_FORBIDDEN = {"$ref", "$defs", "definitions", "const", "oneOf", "allOf", "not", "additionalItems", "patternProperties", "dependencies", "prefixItems"}
+
+
+def _resolve(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = defs[node["$ref"].split("/")[-1]]
+            merged = {**copy.deepcopy(target), **{k: v for k, v in node.items() if k != "$ref"}}
+            return _resolve(merged, defs)
+        return {k: _resolve(v, defs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve(v, defs) for v in node]
+    return node
+
+
+def _structural(node: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite one resolved pydantic schema node into a structural OpenAPI v3 node."""
+    node = {k: v for k, v in node.items() if k not in _DROP}
+
+    if node.pop(s.FREE_FORM, False):
+        out: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+        if "description" in node:
+            out["description"] = node["description"]
+        if node.get("type") == "array" or ("anyOf" in node and any(b.get("type") == "array" for b in node["anyOf"])):
+            out = {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                   **({"description": node["description"]} if "description" in node else {})}
+        else:
+            out["type"] = "object"
+        if "default" in node and node["default"] not in (None, [], {}):
+            out["default"] = node["default"]
+        return out
+
+    if node.pop(s.INT_OR_STRING, False):
+        out = {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}
+        if "description" in node:
+            out["description"] = node["description"]
+        return out
+
+    if "anyOf" in node:
+        branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
+        if len(branches) != 1:
+            raise ValueError(f"cannot express union {branches} structurally; mark it free-form or int-or-string")
+        branch = _structural(branches[0])
+        description = node.get("description", branch.get("description"))
+        node = {**branch, **{k: v for k, v in node.items() if k not in ("default",) or v is not None}}
+        if description:
+            node["description"] = description
+        if node.get("default") is None:
+            node.pop("default", None)
+        node.pop(s.INT_OR_STRING, None)
+        node[_OPTIONAL] = True
+        return node
+
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    if "enum" in node and "type" not in node:
+        node["type"] = "string"
+
+    cel = node.pop(s.CEL, None)
+    if cel:
+        node["x-kubernetes-validations"] = cel
+
+    kind = node.get("type")
+    if kind == "object":
+        props = node.get("properties")
+        if props:
+            node["properties"] = {k: _structural(v) for k, v in props.items()}
+            node.pop("additionalProperties", None)
+        elif isinstance(node.get("additionalProperties"), dict):
+            node["additionalProperties"] = _structural(node["additionalProperties"])
+            node.setdefault("maxProperties", MAX_ITEMS)
+        elif node.get("additionalProperties") is not False:
+            node.pop("additionalProperties", None)
+            node["x-kubernetes-preserve-unknown-fields"] = True
+        else:
+            node.pop("additionalProperties", None)
+    elif kind == "array":
+        node.setdefault("maxItems", MAX_ITEMS)
+        node["items"] = _structural(node.get("items", {"type": "object", "x-kubernetes-preserve-unknown-fields": True}))
+    elif "type" not in node and "properties" in node:
+        node["type"] = "object"
+        node["properties"] = {k: _structural(v) for k, v in node["properties"].items()}
+    if node.get("default") is None:
+        node.pop("default", None)
+    if "default" in node and node.get("type") == "object" and node["default"] == {}:
+        node.pop("default")
+    return node
+
+
+def _fill_object_defaults(node: dict[str, Any]) -> None:
+    """Give object-valued properties whose children all have defaults a ``{}`` default.
+
+    The API server applies defaults top-down, so ``algorithm: {}`` (or absent) still ends up
+    with every nested default — which is what the CEL rules that read those fields need.
+    """
+    for name, child in (node.get("properties") or {}).items():
+        # Optional sections (reward, agent…) stay absent; sections the model always has get {}.
+        if child.get("type") == "object" and child.get("properties") and "default" not in child \
+                and not child.get("required") and not child.get(_OPTIONAL):
+            child["default"] = {}
+    for child in (node.get("properties") or {}).values():
+        _fill_object_defaults(child)
+    if isinstance(node.get("items"), dict):
+        _fill_object_defaults(node["items"])
+    node.pop(_OPTIONAL, None)
+
+
+def spec_schema() -> dict[str, Any]:
+    raw = s.RLHFJobSpec.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.pop("$defs", {})
+    resolved = _resolve(raw, defs)
+    schema = _structural(resolved)
+    _fill_object_defaults(schema)
+    # `default_factory` fields carry no default in pydantic's schema; the model's own
+    # defaults for whole sub-objects (algorithm, rollout…) come from _fill_object_defaults.
+    return schema
+
+
+def _status_schema() -> dict[str, Any]:
+    string = {"type": "string"}
+    number = {"type": "number"}
+    return {
+        "type": "object",
+        "description": "Observed state, written by the operator only.",
+        # kopf keeps its own bookkeeping under status; it must survive pruning.
+        "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {
+            "phase": {"type": "string", "enum": [p.value for p in s.Phase]},
+            "reason": string,
+            "message": string,
+            "conditions": {
+                "type": "array",
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+                "items": {
+                    "type": "object",
+                    "required": ["type", "status"],
+                    "properties": {
+                        "type": string,
+                        "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                        "reason": string,
+                        "message": string,
+                        "lastTransitionTime": {"type": "string", "format": "date-time"},
+                        "observedGeneration": {"type": "integer", "format": "int64"},
+                    },
+                },
+            },
+            "rayJobName": string,
+            "rayClusterName": string,
+            "dashboardURL": string,
+            "codeHash": string,
+            "progress": {
+                "type": "object",
+                "properties": {
+                    "step": {"type": "integer"},
+                    "totalSteps": {"type": "integer"},
+                    "episode": {"type": "integer"},
+                    "rewardMean": number,
+                    "scoreMean": number,
+                    "kl": number,
+                    "samplesPerSecond": number,
+                    "lastWeightSync": string,
+                    "heartbeat": string,
+                    "updated": string,
+                },
+            },
+            "lastCheckpoint": string,
+            "attempts": {"type": "integer"},
+            "startTime": {"type": "string", "format": "date-time"},
+            "completionTime": {"type": "string", "format": "date-time"},
+            "observedGeneration": {"type": "integer", "format": "int64"},
+        },
+    }
+
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
+    {"name": "Total", "type": "integer", "jsonPath": ".status.progress.totalSteps", "priority": 1},
+    {"name": "Reward", "type": "number", "jsonPath": ".status.progress.rewardMean"},
+    {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
+    {"name": "RayJob", "type": "string", "jsonPath": ".status.rayJobName", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{s.PLURAL}.{s.GROUP}",
+            "labels": {"app.kubernetes.io/name": "rlhf-operator", "app.kubernetes.io/part-of": "rlhf-operator"},
+        },
+        "spec": {
+            "group": s.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": s.KIND,
+                "listKind": f"{s.KIND}List",
+                "plural": s.PLURAL,
+                "singular": s.SINGULAR,
+                "shortNames": list(s.SHORT_NAMES),
+                "categories": ["all", "rlhf"],
+            },
+            "versions": [{
+                "name": s.VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": PRINTER_COLUMNS,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "RLHFJob runs RLHF / RL post-training of a language model on a KubeRay cluster.",
+                    "required": ["spec"],
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": spec_schema(),
+                        "status": _status_schema(),
+                    },
+                }},
+            }],
+        },
+    }
+
+
+HEADER = "# Generated from rlhf_operator.spec by `rlhf crd`. Do not edit by hand.\n"
+
+
+def crd_yaml() -> str:
+    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=120)
+
+
+def structural_problems(schema: dict[str, Any], path: str = "") -> list[str]:
+    """Violations of Kubernetes' structural-schema rules (a subset the API server enforces)."""
+    problems = []
+    for key in schema:
+        if key in _STRUCTURAL_FORBIDDEN:
+            problems.append(f"{path or '/'}: '{key}' is not allowed in a structural schema")
+    preserve = schema.get("x-kubernetes-preserve-unknown-fields")
+    int_or_string = schema.get("x-kubernetes-int-or-string")
+    if "type" not in schema and not preserve and not int_or_string:
+        problems.append(f"{path or '/'}: every node needs a type (or x-kubernetes-preserve-unknown-fields / int-or-string)")
+    if "anyOf" in schema and not int_or_string:
+        for branch in schema["anyOf"]:
+            if set(branch) & {"type", "description", "default", "nullable"}:
+                problems.append(f"{path}: anyOf branches may not set type/description/default")
+    for name, child in (schema.get("properties") or {}).items():
+        problems += structural_problems(child, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        problems += structural_problems(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        problems += structural_problems(schema["additionalProperties"], f"{path}{{}}")
+    if schema.get("properties") and isinstance(schema.get("additionalProperties"), dict):
+        problems.append(f"{path}: properties and additionalProperties are mutually exclusive")
+    return problems

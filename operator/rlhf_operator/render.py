@@ -1,0 +1,384 @@
+"""Pure rendering: an RLHFJob in, the Kubernetes objects the operator creates out. No I/O.
+
+``render(job, code_sources)`` returns, in creation order:
+
+1. ``<job>-code-<hash>``: an immutable ConfigMap snapshot of the reward/agent code
+   (from inline source or the referenced ConfigMap's content), named by content hash;
+2. ``<job>-config``: the worker config (the same spec model, serialized);
+3. the ``ray.io/v1`` RayJob, whose Ray cluster runs ``python -m rlhf_workers``.
+
+Every object carries ``app.kubernetes.io/*`` labels and, when the job's uid is known, a
+controller ownerReference to the RLHFJob, so deleting the job deletes them.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from .progress import PROGRESS_PORT, PROGRESS_PORT_NAME
+from .spec import API_VERSION, KIND, AgentSpec, FunctionReward, GroupSpec, RLHFJob, RLHFJobSpec
+from .workerconfig import AGENT_FILE, CODE_DIR, CONFIG_DIR, CONFIG_FILE, REWARD_FILE, WorkerConfig
+
+DEFAULT_WORKER_IMAGE = "ghcr.io/rlhf-dev/rlhf-workers:0.1.0"
+KUEUE_LABELS = ("kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class")
+JOB_LABEL = "rlhf.dev/job-name"
+CODE_HASH_ANNOTATION = "rlhf.dev/code-hash"
+RUN_AS_USER = 1000  # the worker image's non-root user
+
+ENV_WANDB_KEY = "WANDB_API_KEY"
+ENV_REWARD_TOKEN = "RLHF_REWARD_TOKEN"
+
+
+class MissingCode(LookupError):
+    """Code referenced through configMapRef was not supplied to render()."""
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Operator-wide settings (the Helm chart sets them through the operator's environment)."""
+
+    default_image: str = DEFAULT_WORKER_IMAGE
+    submitter_cpu: str = "200m"
+    submitter_memory: str = "256Mi"
+
+
+@dataclass(frozen=True)
+class CodeRef:
+    """Code the operator must read from a ConfigMap before rendering."""
+
+    file: str  # name inside the snapshot (reward_func.py or agent_func.py)
+    config_map: str
+    key: str
+    field: str  # spec path, for error messages
+
+
+def code_refs(spec: RLHFJobSpec) -> list[CodeRef]:
+    refs = []
+    if spec.reward and spec.reward.function and spec.reward.function.config_map_ref:
+        ref = spec.reward.function.config_map_ref
+        refs.append(CodeRef(REWARD_FILE, ref.name, ref.key or REWARD_FILE, "spec.reward.function.configMapRef"))
+    if spec.agent and spec.agent.config_map_ref:
+        ref = spec.agent.config_map_ref
+        refs.append(CodeRef(AGENT_FILE, ref.name, ref.key or AGENT_FILE, "spec.agent.configMapRef"))
+    return refs
+
+
+def snapshot_code(spec: RLHFJobSpec, code_sources: Mapping[str, str]) -> dict[str, str]:
+    """The files that go into the code snapshot: inline sources plus resolved ConfigMap sources."""
+    files: dict[str, str] = {}
+    if spec.reward and spec.reward.function and spec.reward.function.inline is not None:
+        files[REWARD_FILE] = spec.reward.function.inline
+    if spec.agent and spec.agent.inline is not None:
+        files[AGENT_FILE] = spec.agent.inline
+    for ref in code_refs(spec):
+        if ref.file not in code_sources:
+            raise MissingCode(f"{ref.field}: ConfigMap {ref.config_map!r} key {ref.key!r} was not resolved")
+        files[ref.file] = code_sources[ref.file]
+    return files
+
+
+def code_hash(files: Mapping[str, str]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + files[name].encode() + b"\0")
+    return digest.hexdigest()[:10]
+
+
+def code_configmap_name(job_name: str, digest: str) -> str:
+    return f"{job_name}-code-{digest}"
+
+
+def config_configmap_name(job_name: str) -> str:
+    return f"{job_name}-config"
+
+
+def rayjob_name(job_name: str) -> str:
+    return job_name
+
+
+def labels(job: RLHFJob, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "rlhf-job",
+        "app.kubernetes.io/instance": job.metadata.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "rlhf-operator",
+        "app.kubernetes.io/managed-by": "rlhf-operator",
+        JOB_LABEL: job.metadata.name,
+    }
+
+
+def owner_references(job: RLHFJob) -> list[dict[str, Any]]:
+    if not job.metadata.uid:
+        return []
+    return [{
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": job.metadata.name,
+        "uid": job.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }]
+
+
+def _metadata(job: RLHFJob, name: str, component: str, extra_labels: Optional[dict[str, str]] = None,
+              annotations: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": {**labels(job, component), **(extra_labels or {})}}
+    if job.metadata.namespace:
+        meta["namespace"] = job.metadata.namespace
+    if annotations:
+        meta["annotations"] = annotations
+    owners = owner_references(job)
+    if owners:
+        meta["ownerReferences"] = owners
+    return meta
+
+
+def worker_config(job: RLHFJob, files: Mapping[str, str], digest: Optional[str]) -> WorkerConfig:
+    spec = job.spec
+    reward_path = agent_path = None
+    # Snapshotted code is read from the mounted snapshot, so the config refers to it by
+    # path instead of carrying a second copy of the source (ConfigMaps hold 1 MiB at most).
+    if spec.reward and spec.reward.function:
+        reward_path = spec.reward.function.path or f"{CODE_DIR}/{REWARD_FILE}"
+        function = FunctionReward(path=reward_path)
+        spec = spec.model_copy(update={"reward": spec.reward.model_copy(update={"function": function})})
+    if spec.agent:
+        agent_path = spec.agent.path or f"{CODE_DIR}/{AGENT_FILE}"
+        agent = AgentSpec(path=agent_path, max_steps=spec.agent.max_steps)
+        spec = spec.model_copy(update={"agent": agent})
+    return WorkerConfig(
+        job_name=job.metadata.name,
+        namespace=job.metadata.namespace,
+        spec=spec,
+        reward_code_path=reward_path,
+        agent_code_path=agent_path,
+        code_hash=digest if files else None,
+        output_dir=spec.checkpoint.path,
+        progress_port=PROGRESS_PORT,
+    )
+
+
+# --------------------------------------------------------------------------- pods
+
+
+_CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_USER,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+_POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_USER,
+    "runAsGroup": RUN_AS_USER,
+    "fsGroup": RUN_AS_USER,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _resources(group: GroupSpec) -> dict[str, Any]:
+    amounts: dict[str, Any] = {}
+    if group.cpu is not None:
+        amounts["cpu"] = str(group.cpu)
+    if group.memory is not None:
+        amounts["memory"] = str(group.memory)
+    if group.gpus:
+        amounts[group.gpu_resource_name] = str(group.gpus)
+    return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
+
+
+def _env(job: RLHFJob) -> list[dict[str, Any]]:
+    spec = job.spec
+    env: list[dict[str, Any]] = [
+        {"name": "RLHF_JOB_NAME", "value": job.metadata.name},
+        {"name": "RLHF_CONFIG", "value": f"{CONFIG_DIR}/{CONFIG_FILE}"},
+        {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+    ]
+    # Secrets arrive as env straight from the Secret; they are never copied anywhere.
+    wandb = spec.logging.wandb
+    if wandb and wandb.api_key_secret_ref:
+        env.append({"name": ENV_WANDB_KEY, "valueFrom": {"secretKeyRef": wandb.api_key_secret_ref.dump()}})
+    remote = spec.reward.remote if spec.reward else None
+    if remote and remote.token_secret_ref:
+        env.append({"name": ENV_REWARD_TOKEN, "valueFrom": {"secretKeyRef": remote.token_secret_ref.dump()}})
+    env += [{"name": e.name, "value": e.value} for e in spec.cluster.env]
+    return env
+
+
+def _volumes(job: RLHFJob, code_cm: Optional[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    spec = job.spec
+    volumes: list[dict[str, Any]] = [
+        {"name": "rlhf-config", "configMap": {"name": config_configmap_name(job.metadata.name)}},
+        # vLLM and NCCL need more shared memory than the container runtime's 64 MiB default.
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": "checkpoints", **copy.deepcopy(spec.checkpoint.volume or {"emptyDir": {}})},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "rlhf-config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "checkpoints", "mountPath": spec.checkpoint.path},
+    ]
+    if code_cm:
+        volumes.append({"name": "rlhf-code", "configMap": {"name": code_cm}})
+        mounts.append({"name": "rlhf-code", "mountPath": CODE_DIR, "readOnly": True})
+    for extra in spec.cluster.volumes:
+        volumes.append({"name": extra.name, **copy.deepcopy(extra.source)})
+        mounts.append({"name": extra.name, "mountPath": extra.mount_path, "readOnly": extra.read_only})
+    return volumes, mounts
+
+
+def _pod_template(job: RLHFJob, component: str, group: GroupSpec, container_name: str, image: str,
+                  code_cm: Optional[str], ports: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+    cluster = job.spec.cluster
+    volumes, mounts = _volumes(job, code_cm)
+    container: dict[str, Any] = {
+        "name": container_name,
+        "image": image,
+        "env": _env(job),
+        "volumeMounts": mounts,
+        "securityContext": copy.deepcopy(_CONTAINER_SECURITY),
+    }
+    if cluster.image_pull_policy:
+        container["imagePullPolicy"] = cluster.image_pull_policy
+    resources = _resources(group)
+    if resources:
+        container["resources"] = resources
+    if ports:
+        container["ports"] = ports
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": copy.deepcopy(_POD_SECURITY),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if group.node_selector:
+        pod["nodeSelector"] = dict(group.node_selector)
+    if group.tolerations:
+        pod["tolerations"] = copy.deepcopy(group.tolerations)
+    if group.affinity:
+        pod["affinity"] = copy.deepcopy(group.affinity)
+    if cluster.priority_class_name:
+        pod["priorityClassName"] = cluster.priority_class_name
+    if cluster.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in cluster.image_pull_secrets]
+    meta: dict[str, Any] = {"labels": {**labels(job, component), **group.labels}}
+    if group.annotations:
+        meta["annotations"] = dict(group.annotations)
+    return {"metadata": meta, "spec": pod}
+
+
+def _submitter_template(job: RLHFJob, image: str, options: RenderOptions) -> dict[str, Any]:
+    """KubeRay's submitter pod (K8sJobMode) fills in the command; we make it restricted and small."""
+    amounts = {"cpu": options.submitter_cpu, "memory": options.submitter_memory}
+    container = {
+        "name": "ray-job-submitter",
+        "image": image,
+        "resources": {"requests": dict(amounts), "limits": dict(amounts)},
+        "securityContext": copy.deepcopy(_CONTAINER_SECURITY),
+    }
+    return {
+        "metadata": {"labels": labels(job, "submitter")},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": copy.deepcopy(_POD_SECURITY),
+            "containers": [container],
+        },
+    }
+
+
+def _worker_group(job: RLHFJob, name: str, group: GroupSpec, image: str, code_cm: Optional[str]) -> dict[str, Any]:
+    return {
+        "groupName": name,
+        "replicas": group.replicas,
+        "minReplicas": group.replicas,
+        "maxReplicas": group.replicas,
+        "rayStartParams": {},
+        "template": _pod_template(job, name, group, "ray-worker", image, code_cm),
+    }
+
+
+def rayjob(job: RLHFJob, code_cm: Optional[str], digest: Optional[str], options: RenderOptions = RenderOptions()) -> dict[str, Any]:
+    spec = job.spec
+    cluster = spec.cluster
+    image = cluster.image or options.default_image
+    passthrough = {k: v for k, v in job.metadata.labels.items() if k in KUEUE_LABELS}
+    queued = "kueue.x-k8s.io/queue-name" in passthrough
+
+    groups = []
+    if cluster.placement != "colocated" and cluster.rollout.replicas > 0:
+        groups.append(_worker_group(job, "rollout", cluster.rollout, image, code_cm))
+    if cluster.trainer.replicas > 0:
+        groups.append(_worker_group(job, "trainer", cluster.trainer, image, code_cm))
+
+    head_params = {"dashboard-host": "0.0.0.0"}
+    if groups and not cluster.head.gpus:
+        head_params["num-gpus"] = "0"
+    head_ports = [{"name": PROGRESS_PORT_NAME, "containerPort": PROGRESS_PORT, "protocol": "TCP"}]
+
+    body: dict[str, Any] = {
+        "entrypoint": f"python -m rlhf_workers --config {CONFIG_DIR}/{CONFIG_FILE}",
+        "submissionMode": "K8sJobMode",
+        "submitterPodTemplate": _submitter_template(job, image, options),
+        # The cluster goes away when the job ends; checkpoints live on the checkpoint volume.
+        "shutdownAfterJobFinishes": True,
+        "backoffLimit": spec.backoff_limit,
+        # Kueue admits a queued job by un-suspending it, so it must start suspended.
+        "suspend": bool(spec.suspend or queued),
+        "rayClusterSpec": {
+            "rayVersion": cluster.ray_version,
+            "headGroupSpec": {
+                "rayStartParams": head_params,
+                "template": _pod_template(job, "head", cluster.head, "ray-head", image, code_cm, head_ports),
+            },
+            "workerGroupSpecs": groups,
+        },
+    }
+    if spec.active_deadline_seconds is not None:
+        body["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        body["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    annotations = {CODE_HASH_ANNOTATION: digest} if digest else None
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": _metadata(job, rayjob_name(job.metadata.name), "rayjob", passthrough, annotations),
+        "spec": body,
+    }
+
+
+def render(job: RLHFJob, code_sources: Optional[Mapping[str, str]] = None,
+           options: RenderOptions = RenderOptions()) -> list[dict[str, Any]]:
+    """Every object the operator creates for ``job``, in creation order.
+
+    ``code_sources`` maps snapshot file names (reward_func.py, agent_func.py) to the source
+    read from the ConfigMaps named by ``configMapRef``; see ``code_refs``.
+    """
+    files = snapshot_code(job.spec, code_sources or {})
+    digest = code_hash(files) if files else None
+    name = job.metadata.name
+    objects: list[dict[str, Any]] = []
+    code_cm = None
+    if files:
+        code_cm = code_configmap_name(name, digest)
+        objects.append({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _metadata(job, code_cm, "code", annotations={CODE_HASH_ANNOTATION: digest}),
+            "immutable": True,
+            "data": dict(sorted(files.items())),
+        })
+    objects.append({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, config_configmap_name(name), "config"),
+        "data": {CONFIG_FILE: worker_config(job, files, digest).to_yaml()},
+    })
+    objects.append(rayjob(job, code_cm, digest, options))
+    return objects
