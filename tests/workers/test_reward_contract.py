@@ -681,3 +681,23 @@ def test_check_argparse_entry(tmp_path, capsys):
     assert reward_check.main([str(DATA / "reward_math.py"), "--data", str(data), "--label-key", "answer",
                               "--plain"]) == 0
     assert "OK:" in capsys.readouterr().out
+
+
+def test_check_hints_at_unused_label_field(tmp_path):
+    code, text = check(DATA / "reward_math.py", DATA / "math_samples.jsonl", use_rich=False)
+    assert code == 0
+    assert "no --label-key given" in text and "answer" in text
+
+
+def test_reward_model_normalize(tmp_path):
+    import json as _json
+
+    path = _save_bert(tmp_path / "rmn", num_labels=1)
+    raw = RewardModelReward(path).score(["hello world"], [""]).rewards
+    cfg = _json.loads((path / "config.json").read_text())
+    cfg.update(mean=0.5, std=2.0)
+    (path / "config.json").write_text(_json.dumps(cfg))
+    normed = RewardModelReward(path, normalize=True).score(["hello world"], [""]).rewards
+    assert torch.allclose(normed, (raw - 0.5) / 2.0, atol=1e-6)
+    with pytest.raises(RewardLoadError, match="normalize=True needs"):
+        RewardModelReward(_save_bert(tmp_path / "rm2", num_labels=2), normalize=True)

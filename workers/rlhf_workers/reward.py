@@ -232,7 +232,7 @@ _LOADED: dict[tuple, RewardFn] = {}
 def _looks_like_path(source: Union[str, os.PathLike]) -> bool:
     if isinstance(source, os.PathLike):
         return True
-    if "\n" in source or "(" in source:
+    if "\n" in source:
         return False
     return source.endswith(".py") or os.path.exists(source)
 
@@ -830,12 +830,17 @@ class RewardModelReward(RewardExecutor):
         * ``num_labels >= 2`` (a classifier): ``reward = score = softmax(logits)[positive_label]``,
           the probability of the positive class, like the seed's ``pipeline`` example.
 
+    With ``normalize=True`` the single-logit reward becomes ``(logit - mean) / std`` using
+    ``config.mean`` / ``config.std`` stored with the model, as OpenRLHF's
+    ``--normalize_reward`` does for its reward models.
+
     Args:
         path: local model directory.
         batch_size: texts per forward pass.
         max_length: truncation length (default: the tokenizer's, capped at 4096).
         device: torch device.
         positive_label: class index used for multi-label classifiers.
+        normalize: apply the stored reward mean/std (single-logit models only).
     """
 
     def __init__(
@@ -846,6 +851,7 @@ class RewardModelReward(RewardExecutor):
         max_length: Optional[int] = None,
         device: Union[str, torch.device] = "cpu",
         positive_label: int = 1,
+        normalize: bool = False,
         dtype: Optional[torch.dtype] = None,
     ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -878,6 +884,15 @@ class RewardModelReward(RewardExecutor):
         if self.num_labels >= 2 and not 0 <= positive_label < self.num_labels:
             raise ValueError(f"positive_label {positive_label} out of range for {self.num_labels} labels")
         self.positive_label = positive_label
+        self.norm: Optional[tuple[float, float]] = None
+        if normalize:
+            mean = getattr(self.model.config, "mean", None)
+            std = getattr(self.model.config, "std", None)
+            if self.num_labels != 1 or mean is None or not std:
+                raise RewardLoadError(
+                    f"normalize=True needs a single-logit reward model with `mean` and `std` in its config.json "
+                    f"({self.path}: num_labels={self.num_labels}, mean={mean}, std={std})", source=self.path)
+            self.norm = (float(mean), float(std))
 
     @torch.no_grad()
     def score(self, queries, prompts, labels=None) -> RewardResult:
@@ -893,6 +908,8 @@ class RewardModelReward(RewardExecutor):
             if self.num_labels == 1:
                 r = logits[:, 0]
                 s = torch.sigmoid(r)
+                if self.norm is not None:
+                    r = (r - self.norm[0]) / self.norm[1]
             else:
                 r = torch.softmax(logits, dim=-1)[:, self.positive_label]
                 s = r

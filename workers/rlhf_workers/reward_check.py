@@ -69,6 +69,7 @@ class Sample:
     label: Any
     response: str
     line: int
+    fields: tuple[str, ...] = ()
 
 
 def _pick(row: dict, explicit: Optional[str], defaults: tuple[str, ...]) -> Optional[str]:
@@ -140,7 +141,8 @@ def load_samples(
                 label = row[label_key]
             else:
                 raise DataError(f"{path}:{lineno}: no label field {label_key!r} (keys: {sorted(row)})")
-            samples.append(Sample(query=query, prompt=prompt, label=label, response=response, line=lineno))
+            samples.append(Sample(query=query, prompt=prompt, label=label, response=response, line=lineno,
+                                  fields=tuple(row)))
             if max_samples is not None and len(samples) >= max_samples:
                 break
     if not samples:
@@ -272,6 +274,12 @@ def run_reward_check(
         printer.line(f"FAIL: {exc}", style="bold red")
         return EXIT_VIOLATION
 
+    if label_key is None:
+        used = {input_key, response_key, query_key, *DEFAULT_INPUT_KEYS, *DEFAULT_RESPONSE_KEYS, DEFAULT_QUERY_KEY}
+        others = [k for k in samples[0].fields if k not in used]
+        if others:
+            printer.line(f"note: no --label-key given, so labels are \"\" (as OpenRLHF without --label_key); "
+                         f"other fields in the data: {', '.join(others)}")
     queries = [s.query for s in samples]
     prompts = [s.prompt for s in samples]
     labels = [s.label for s in samples]

@@ -1,0 +1,279 @@
+"""Rendering: spec in, manifests out — valid against the real schemas, restricted, deterministic."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from k8s_schemas import core_errors, pod_from_template, rayjob_errors
+from rlhf_operator.podsecurity import pod_specs, restricted_violations
+from rlhf_operator.render import MissingCode, RenderOptions, code_refs, render
+from rlhf_operator.validation import InvalidJob, load_job, parse_job
+from rlhf_operator.workerconfig import WorkerConfig
+from jobs import REWARD_SOURCE, job
+
+ROOT = Path(__file__).resolve().parents[2]
+UID = "7f3c2a4e-1111-2222-3333-444455556666"
+
+
+def rendered(doc, code=None, options=RenderOptions()):
+    parsed = parse_job(doc)
+    parsed.metadata.uid = UID
+    return render(parsed, code or {}, options)
+
+
+def by_kind(objects):
+    return {(o["kind"], o["metadata"]["name"]): o for o in objects}
+
+
+def test_renders_code_snapshot_config_and_rayjob_in_creation_order():
+    objects = rendered(job())
+    assert [o["kind"] for o in objects] == ["ConfigMap", "ConfigMap", "RayJob"]
+    code, config, rayjob = objects
+    assert code["metadata"]["name"].startswith("demo-code-") and code["immutable"] is True
+    assert code["data"] == {"reward_func.py": REWARD_SOURCE}
+    assert config["metadata"]["name"] == "demo-config"
+    assert rayjob["metadata"]["name"] == "demo" and rayjob["metadata"]["namespace"] == "team-a"
+
+
+def test_every_object_is_owned_by_the_job_and_labelled():
+    for obj in rendered(job()):
+        owner, = obj["metadata"]["ownerReferences"]
+        assert owner == {"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFJob", "name": "demo", "uid": UID,
+                         "controller": True, "blockOwnerDeletion": True}
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == "demo"
+        assert labels["app.kubernetes.io/managed-by"] == "rlhf-operator"
+
+
+def test_code_snapshot_name_follows_content():
+    first = rendered(job())[0]["metadata"]["name"]
+    again = rendered(job())[0]["metadata"]["name"]
+    other_source = REWARD_SOURCE + "# changed\n"
+    changed = rendered(job(reward={"function": {"inline": other_source}}))[0]["metadata"]["name"]
+    assert first == again != changed
+
+
+def test_configmap_code_is_snapshotted_from_the_supplied_source():
+    doc = job(reward={"function": {"configMapRef": {"name": "my-reward"}}})
+    refs = code_refs(parse_job(doc).spec)
+    assert [(r.config_map, r.key, r.file) for r in refs] == [("my-reward", "reward_func.py", "reward_func.py")]
+    with pytest.raises(MissingCode, match="spec.reward.function.configMapRef"):
+        rendered(doc)
+    code = rendered(doc, {"reward_func.py": REWARD_SOURCE})[0]
+    assert code["data"]["reward_func.py"] == REWARD_SOURCE
+
+
+def test_path_code_is_not_snapshotted_and_the_worker_reads_the_path():
+    objects = rendered(job(reward={"function": {"path": "/opt/rewards/math.py"}}))
+    assert [o["kind"] for o in objects] == ["ConfigMap", "RayJob"]
+    config = WorkerConfig.model_validate(yaml.safe_load(objects[0]["data"]["worker.yaml"]))
+    assert config.reward_code_path == "/opt/rewards/math.py"
+
+
+def test_worker_config_is_the_same_spec_model_pointing_at_the_mounted_snapshot():
+    doc = job(algorithm={"advantageEstimator": "rloo", "nSamplesPerPrompt": 4})
+    config_map = rendered(doc)[1]
+    config = WorkerConfig.model_validate(yaml.safe_load(config_map["data"]["worker.yaml"]))
+    assert config.spec.algorithm.advantage_estimator == "rloo"
+    assert config.reward_code_path == "/etc/rlhf/code/reward_func.py"
+    assert config.spec.reward.function.path == "/etc/rlhf/code/reward_func.py"
+    assert config.spec.reward.function.inline is None  # one copy of the code, in the snapshot
+    assert config.output_dir == "/checkpoints" and config.code_hash
+
+
+def test_rayjob_maps_lifecycle_fields():
+    spec = rendered(job(backoffLimit=3, activeDeadlineSeconds=7200, ttlSecondsAfterFinished=60, suspend=True))[-1]["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    assert (spec["backoffLimit"], spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"], spec["suspend"]) == (3, 7200, 60, True)
+    assert spec["entrypoint"] == "python -m rlhf_workers --config /etc/rlhf/config/worker.yaml"
+
+
+def test_kueue_queue_label_passes_through_and_starts_suspended():
+    doc = job()
+    doc["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a-gpus", "unrelated": "x"}
+    rayjob = rendered(doc)[-1]
+    assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a-gpus"
+    assert "unrelated" not in rayjob["metadata"]["labels"]
+    assert rayjob["spec"]["suspend"] is True
+    assert rendered(job())[-1]["spec"]["suspend"] is False
+
+
+def test_groups_get_resources_gpus_and_placement():
+    doc = job(cluster={
+        "head": {"cpu": 2, "memory": "8Gi"},
+        "rollout": {"replicas": 2, "gpus": 1, "nodeSelector": {"gpu": "h100"},
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+        "trainer": {"replicas": 4, "gpus": 8, "memory": "512Gi"},
+        "image": "registry.example/rlhf-workers:1.2",
+        "imagePullSecrets": ["regcred"],
+    })
+    cluster = rendered(doc)[-1]["spec"]["rayClusterSpec"]
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert groups["rollout"]["replicas"] == groups["rollout"]["minReplicas"] == groups["rollout"]["maxReplicas"] == 2
+    rollout_pod = groups["rollout"]["template"]["spec"]
+    assert rollout_pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert rollout_pod["nodeSelector"] == {"gpu": "h100"}
+    assert rollout_pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert rollout_pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert groups["trainer"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"memory": "512Gi", "nvidia.com/gpu": "8"}
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["image"] == "registry.example/rlhf-workers:1.2"
+    assert {"name": "rlhf-progress", "containerPort": 8270, "protocol": "TCP"} in head["ports"]
+
+
+def test_colocated_placement_has_no_separate_rollout_group():
+    cluster = rendered(job(cluster={"placement": "colocated", "trainer": {"replicas": 2, "gpus": 8}}))[-1]["spec"]["rayClusterSpec"]
+    assert [g["groupName"] for g in cluster["workerGroupSpecs"]] == ["trainer"]
+
+
+def test_default_image_comes_from_operator_options():
+    rayjob = rendered(job(), options=RenderOptions(default_image="example/workers:dev"))[-1]
+    assert rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"] == "example/workers:dev"
+
+
+def test_code_and_config_are_mounted_read_only_and_checkpoints_from_the_volume():
+    doc = job(checkpoint={"path": "/ckpt", "volume": {"persistentVolumeClaim": {"claimName": "ckpt"}}})
+    pod = rendered(doc)[-1]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/etc/rlhf/code"]["readOnly"] and mounts["/etc/rlhf/config"]["readOnly"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["checkpoints"]["persistentVolumeClaim"] == {"claimName": "ckpt"}
+    assert mounts["/ckpt"]["name"] == "checkpoints"
+
+
+def test_secrets_come_in_as_env_from_secret_refs_and_never_into_configmaps():
+    doc = job(reward={"remote": {"url": "https://rm.example/score", "tokenSecretRef": {"name": "rm-token", "key": "token"}}},
+              logging={"wandb": {"project": "p", "apiKeySecretRef": {"name": "wandb", "key": "api-key"}}})
+    objects = rendered(doc)
+    env = {e["name"]: e for e in objects[-1]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["WANDB_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "wandb", "key": "api-key"}}
+    assert env["RLHF_REWARD_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "rm-token", "key": "token"}}
+    for obj in objects:
+        if obj["kind"] == "ConfigMap":
+            assert "valueFrom" not in yaml.safe_dump(obj)
+
+
+def _all_examples():
+    for path in sorted((ROOT / "examples").glob("**/*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "RLHFJob":
+                yield pytest.param(path, doc, id=f"{path.parent.name}/{path.name}")
+
+
+def _render_example(path, doc):
+    parsed = parse_job(doc)
+    parsed.metadata.uid = UID
+    parsed.metadata.namespace = "default"
+    refs = code_refs(parsed.spec)
+    code = {r.file: (path.parent / r.key).read_text() for r in refs}
+    return render(parsed, code)
+
+
+@pytest.mark.parametrize("path, doc", list(_all_examples()))
+def test_examples_render_to_objects_valid_against_kuberay_and_core_schemas(path, doc):
+    objects = _render_example(path, doc)
+    for obj in objects:
+        if obj["kind"] == "RayJob":
+            assert rayjob_errors(obj) == []
+        else:
+            assert core_errors(obj) == []
+    rayjob = objects[-1]
+    for where, pod in pod_specs(rayjob):
+        template = {"metadata": {"labels": {}}, "spec": pod}
+        assert core_errors(pod_from_template(template, f"{where}".replace("[", "-").replace("]", "").lower())) == [], where
+
+
+@pytest.mark.parametrize("path, doc", list(_all_examples()))
+def test_every_rendered_pod_passes_the_restricted_pod_security_standard(path, doc):
+    rayjob = _render_example(path, doc)[-1]
+    found = list(pod_specs(rayjob))
+    assert {w for w, _ in found} >= {"head", "submitter"}
+    for where, pod in found:
+        assert restricted_violations(pod) == [], where
+        assert pod["automountServiceAccountToken"] is False
+
+
+def test_restricted_checker_catches_violations():
+    pod = {"containers": [{"name": "c", "securityContext": {"privileged": True}}], "hostNetwork": True,
+           "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}
+    problems = "\n".join(restricted_violations(pod))
+    for expected in ("hostNetwork", "hostPath", "privileged", "allowPrivilegeEscalation", "drop must include ALL",
+                     "runAsNonRoot", "seccompProfile"):
+        assert expected in problems
+
+
+def test_schema_check_catches_a_misspelled_rayjob_field():
+    rayjob = copy.deepcopy(rendered(job())[-1])
+    rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParam"] = {}
+    assert any("rayStartParam" in e for e in rayjob_errors(rayjob))
+
+
+# ----------------------------------------------------------------- properties
+
+estimators = st.sampled_from(["gae", "reinforce", "reinforce_baseline", "rloo", "group_norm", "dr_grpo"])
+quantities = st.one_of(st.integers(1, 64), st.sampled_from(["500m", "2", "16Gi", "1.5"]))
+names = st.from_regex(r"[a-z][a-z0-9-]{0,20}[a-z0-9]", fullmatch=True)
+
+
+@st.composite
+def valid_jobs(draw):
+    estimator = draw(estimators)
+    n = draw(st.integers(2, 16)) if estimator not in ("gae", "reinforce") else draw(st.integers(1, 16))
+    micro = draw(st.integers(1, 8))
+    trainers = draw(st.integers(1, 8))
+    reward = draw(st.sampled_from([
+        {"function": {"inline": REWARD_SOURCE}},
+        {"function": {"configMapRef": {"name": "rw", "key": "r.py"}}},
+        {"function": {"path": "/code/r.py"}},
+        {"remote": {"url": "https://rm.example/score", "retries": 2}},
+        {"model": {"path": "/models/rm"}},
+    ]))
+    doc = job(
+        reward=reward,
+        algorithm={"advantageEstimator": estimator, "nSamplesPerPrompt": n,
+                   "kl": {"coef": draw(st.floats(0, 1)), "estimator": draw(st.sampled_from(["k1", "k2", "k3"]))}},
+        training={"microBatchSize": micro, "trainers": trainers, "trainBatchSize": micro * trainers * draw(st.integers(1, 4)),
+                  "zeroStage": draw(st.integers(0, 3))},
+        cluster={"head": {"cpu": draw(quantities)}, "rollout": {"replicas": draw(st.integers(0, 4)), "gpus": draw(st.integers(0, 8))},
+                 "trainer": {"replicas": draw(st.integers(1, 8)), "memory": draw(quantities)},
+                 "placement": draw(st.sampled_from(["auto", "colocated", "distributed"]))},
+        suspend=draw(st.booleans()),
+    )
+    doc["metadata"]["name"] = draw(names)
+    return doc
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_jobs())
+def test_any_valid_spec_renders_deterministically_and_validly(doc):
+    code = {"reward_func.py": REWARD_SOURCE}
+    first = rendered(doc, code)
+    assert rendered(copy.deepcopy(doc), code) == first
+    assert rayjob_errors(first[-1]) == []
+    for where, pod in pod_specs(first[-1]):
+        assert restricted_violations(pod) == [], where
+
+
+SPEC_PATHS = ["algorithm.nSamplesPerPrompt", "algorithm.advantageEstimator", "training.trainBatchSize",
+              "rollout.temperature", "rollout.topP", "training.zeroStage", "cluster.head.cpu", "checkpoint.maxKeep",
+              "algorithm.kl.estimator", "rollout.backend", "data.maxSamples"]
+BAD_VALUES = [-1, "not-a-number", 1e9, None, [], {"x": 1}, "grpo", 0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(SPEC_PATHS), st.sampled_from(BAD_VALUES))
+def test_every_rejected_spec_names_its_field(path, value):
+    doc = job(algorithm={"advantageEstimator": "rloo", "nSamplesPerPrompt": 4})
+    node = doc["spec"]
+    keys = path.split(".")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    try:
+        parse_job(doc)
+    except InvalidJob as exc:
+        named = [e.path for e in exc.errors]
+        assert any(p.startswith("spec." + keys[0]) for p in named), (path, value, named)
