@@ -10,7 +10,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional
 
 import pytest
-import torch
 
 from rlhf_workers.reward import (
     RemoteReward,

@@ -701,3 +701,38 @@ def test_reward_model_normalize(tmp_path):
     assert torch.allclose(normed, (raw - 0.5) / 2.0, atol=1e-6)
     with pytest.raises(RewardLoadError, match="normalize=True needs"):
         RewardModelReward(_save_bert(tmp_path / "rm2", num_labels=2), normalize=True)
+
+
+@pytest.mark.parametrize("example", ["math-gsm8k"])
+def test_product_examples_pass_the_check(example):
+    """The shipped example reward files satisfy the contract on our samples."""
+    path = Path(__file__).resolve().parents[2] / "examples" / example / "reward_func.py"
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    code, text = check(path, DATA / "math_samples.jsonl", label_key="answer", use_rich=False)
+    assert code == 0, text
+
+
+def test_validate_reward_output_directly():
+    res = validate_reward_output({"rewards": [0.5]}, 1, ["p"], source="server X")
+    assert res.rewards.tolist() == [0.5]
+    with pytest.raises(RewardContractError, match="^server X returned"):
+        validate_reward_output([0.5], 1, source="server X")
+
+
+def test_loaded_function_pickles_by_value_for_ray(tmp_path):
+    """Ray ships the function to workers that never saw the file: it must pickle by value."""
+    import subprocess
+
+    cloudpickle = pytest.importorskip("cloudpickle")
+    fn = load_reward_function(DATA / "reward_math.py")
+    blob = tmp_path / "fn.pkl"
+    blob.write_bytes(cloudpickle.dumps(fn))
+    code = (
+        "import pickle, sys; fn = pickle.load(open(sys.argv[1], 'rb')); "
+        "print(float(fn(['Q\\n#### 4'], ['Q\\n'], ['4'])['rewards'][0]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(blob)], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1.0"

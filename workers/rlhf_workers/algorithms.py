@@ -290,7 +290,7 @@ def whiten_advantages(
     Population mean/variance over unmasked tokens. ``std_norm=False`` only centres.
     Padding positions of the result are zero.
     """
-    a = advantages.float()
+    a = advantages if advantages.is_floating_point() else advantages.float()
     m = action_mask.to(a.dtype)
     count = m.sum()
     if count == 0:

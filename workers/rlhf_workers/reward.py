@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import http.client
 import importlib.util
 import inspect
 import json
@@ -43,7 +44,6 @@ import logging
 import math
 import numbers
 import os
-import socket
 import sys
 import threading
 import time
@@ -302,7 +302,8 @@ def load_reward_function(
             return _LOADED[key]
         module = _exec_module(code, path, where, module_name)
         if not hasattr(module, "reward_func"):
-            public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+            public = sorted(n for n, v in vars(module).items()
+                            if inspect.isfunction(v) and v.__module__ == module_name and not n.startswith("_"))
             hint = f" It defines: {', '.join(public)}." if public else ""
             raise RewardLoadError(
                 f"{where} does not define `reward_func`.{hint} Add "
@@ -461,7 +462,7 @@ def _to_vector(
             f"{where}: `{name}[{bad}]` is {what}{_sample_hint(bad, prompts)}{more}. "
             f"Rewards must be finite: catch the failing case and return a finite value instead",
             sample_index=bad, source=where)
-    return tensor.to(torch.float32)
+    return tensor.to(device="cpu", dtype=torch.float32)
 
 
 _INT_DTYPES = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64}
@@ -726,9 +727,8 @@ class RemoteReward(RewardExecutor):
             stop = min(start + step, n)
             parts.append(self._score_chunk(list(queries[start:stop]), list(prompts[start:stop]), labels[start:stop],
                                            offset=start))
-        if not parts:
-            return validate_reward_output(self._post({"query": [], "prompts": [], "labels": []}), 0, [],
-                                          source=f"reward server {self.url}")
+        if not parts:  # nothing to score: no request
+            return RewardResult(rewards=torch.zeros(0), scores=torch.zeros(0))
         return RewardResult.concat(parts)
 
     def _score_chunk(self, queries: list, prompts: list, labels: list, offset: int) -> RewardResult:
@@ -778,10 +778,9 @@ class RemoteReward(RewardExecutor):
                         f"reward server {self.url} answered {last}{hint}",
                         url=self.url, status=exc.code, body=body, attempts=attempt + 1) from None
                 retry_after = exc.headers.get("Retry-After") if exc.headers else None
-            except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError, OSError) as exc:
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
                 reason = getattr(exc, "reason", exc)
-                if isinstance(reason, (socket.timeout, TimeoutError)) or isinstance(exc, (socket.timeout,
-                                                                                         TimeoutError)):
+                if isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError):  # socket.timeout included
                     last = f"timed out after {self.timeout_s:g}s"
                 else:
                     last = f"connection failed: {reason}"
