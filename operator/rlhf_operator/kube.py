@@ -1,0 +1,132 @@
+"""The few Kubernetes API calls the operator makes, with the `kubernetes` client.
+
+Handlers are sync and kopf runs them in worker threads, so blocking calls are fine here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Optional
+
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+from .spec import GROUP, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+_PLURALS = {("ray.io/v1", "RayJob"): ("ray.io", "v1", "rayjobs")}
+
+
+class NotOwned(Exception):
+    """A child's name is taken by an object this job does not own."""
+
+
+def api_client(kubeconfig: Optional[str] = None) -> kubernetes.client.ApiClient:
+    """A client for the cluster: the given kubeconfig, the in-cluster account, or ~/.kube/config."""
+    if kubeconfig:
+        return kubernetes.config.new_client_from_config(config_file=kubeconfig)
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+    except kubernetes.config.ConfigException:
+        return kubernetes.config.new_client_from_config()
+    return kubernetes.client.ApiClient(configuration)
+
+
+def _owned_by(obj: dict[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
+class Kube:
+    def __init__(self, client: kubernetes.client.ApiClient):
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+
+    # ------------------------------------------------------------------ generic
+
+    def _create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        ns = obj["metadata"]["namespace"]
+        if obj["kind"] == "ConfigMap":
+            return self.core.create_namespaced_config_map(ns, obj).to_dict()
+        group, version, plural = _PLURALS[(obj["apiVersion"], obj["kind"])]
+        return self.custom.create_namespaced_custom_object(group, version, ns, plural, obj)
+
+    def _get(self, obj: dict[str, Any]) -> dict[str, Any]:
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        if obj["kind"] == "ConfigMap":
+            return self.core.api_client.sanitize_for_serialization(self.core.read_namespaced_config_map(name, ns))
+        group, version, plural = _PLURALS[(obj["apiVersion"], obj["kind"])]
+        return self.custom.get_namespaced_custom_object(group, version, ns, plural, name)
+
+    def create_or_adopt(self, obj: dict[str, Any], owner_uid: str) -> bool:
+        """Create ``obj``; if its name exists and this job owns it, adopt it. True when created."""
+        try:
+            self._create(obj)
+            return True
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        existing = self._get(obj)
+        if not _owned_by(existing, owner_uid):
+            raise NotOwned(f"{obj['kind']} {obj['metadata']['name']!r} already exists and is not owned by this RLHFJob;"
+                           " delete it or rename the RLHFJob")
+        return False
+
+    # ------------------------------------------------------------------ reads
+
+    def configmap_data(self, namespace: str, name: str) -> Optional[dict[str, str]]:
+        try:
+            return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def rlhfjob(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def rayjob(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        try:
+            return self.custom.get_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    # ------------------------------------------------------------------ writes
+
+    def patch_rayjob(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name, patch)
+
+    def update_rlhfjob_status(self, namespace: str, name: str,
+                              change: Callable[[dict[str, Any]], Optional[dict[str, Any]]],
+                              attempts: int = 5) -> Optional[dict[str, Any]]:
+        """Read the job, compute a status patch from it, and write it guarded by resourceVersion.
+
+        ``change(job)`` returns the status fields to merge (or None for no write). A conflict
+        (someone wrote in between) re-reads and recomputes. Returns the job as read last.
+        """
+        for _ in range(attempts):
+            job = self.rlhfjob(namespace, name)
+            if job is None:
+                return None
+            fields = change(job)
+            if not fields:
+                return job
+            body = {"metadata": {"resourceVersion": job["metadata"]["resourceVersion"]}, "status": fields}
+            try:
+                self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, body)
+                return job
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                if exc.status != 409:
+                    raise
+                log.debug("status of %s/%s changed underneath; retrying", namespace, name)
+        raise RuntimeError(f"could not update the status of RLHFJob {namespace}/{name}: too many conflicts")

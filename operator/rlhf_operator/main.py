@@ -1,0 +1,35 @@
+"""The operator entry point: `rlhf operator`, or `kopf run -m rlhf_operator.main`.
+
+Importing this module registers the handlers on kopf's default registry, configured from
+the environment (see OperatorConfig.from_env), which is what `kopf run -m` expects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional, Sequence
+
+import kopf
+
+from .handlers import OperatorConfig, register
+
+CONFIG = OperatorConfig.from_env()
+METRICS = register(kopf.get_default_registry(), CONFIG)
+
+
+def run_operator(namespaces: Sequence[str] = (), all_namespaces: bool = False, verbose: bool = False,
+                 config: Optional[OperatorConfig] = None) -> int:
+    cfg = config or CONFIG
+    watched = list(namespaces) or ([] if all_namespaces else cfg.namespaces)
+    logging.basicConfig(level=logging.DEBUG if verbose else getattr(logging, cfg.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kopf.configure(verbose=verbose)
+    kopf.run(
+        clusterwide=not watched,
+        namespaces=watched,
+        standalone=cfg.peering is None,
+        peering_name=cfg.peering,
+        priority=int(os.environ.get("RLHF_PEERING_PRIORITY", "0")),
+    )
+    return 0

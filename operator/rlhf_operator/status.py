@@ -1,0 +1,256 @@
+"""The RLHFJob status machine: pure functions from observations to status.
+
+The phase is derived from the RayJob's ``jobDeploymentStatus`` first and its ``jobStatus``
+second: the deployment status is the one KubeRay keeps consistent (a deadline or a
+submitter failure marks the deployment Failed while ``jobStatus`` may still say RUNNING,
+kuberay#2314).
+
+    Pending → Provisioning → Running → Succeeded | Failed
+                   ↕             ↕
+               Suspended     Retrying → Provisioning …
+
+Conditions follow the Kubernetes API conventions: type, status, reason, message,
+lastTransitionTime (changes only when status flips), observedGeneration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from .spec import Phase
+
+# Condition types.
+VALIDATED = "Validated"
+RUNNING = "Running"
+SUSPENDED = "Suspended"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+STALLED = "Stalled"
+
+# Reasons (KubeRay's where they come from the RayJob).
+VALIDATION_FAILED = "ValidationFailed"
+CODE_NOT_FOUND = "CodeNotFound"
+CHILD_CONFLICT = "ChildConflict"
+SPEC_IMMUTABLE = "SpecImmutable"
+RAYJOB_CREATED = "RayJobCreated"
+RAYJOB_MISSING = "RayJobMissing"
+NOT_RETRIED = ("DeadlineExceeded", "JobStatusCheckTimeoutExceeded", "ValidationFailed")
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: Optional[str]) -> Optional[datetime]:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the operator reads off the RayJob it owns."""
+
+    deployment: str = ""          # status.jobDeploymentStatus
+    job: str = ""                 # status.jobStatus
+    reason: str = ""              # status.reason
+    message: str = ""             # status.message
+    failed: int = 0               # status.failed
+    succeeded: int = 0            # status.succeeded
+    backoff_limit: int = 0        # spec.backoffLimit
+    suspend: bool = False         # spec.suspend
+    queued: bool = False          # created for Kueue (queue-name label)
+    cluster_name: Optional[str] = None
+    dashboard_url: Optional[str] = None
+    start_time: Optional[str] = None
+    end_time: Optional[str] = None
+
+    @classmethod
+    def of(cls, rayjob: dict[str, Any]) -> "Observation":
+        status = rayjob.get("status") or {}
+        spec = rayjob.get("spec") or {}
+        labels = (rayjob.get("metadata") or {}).get("labels") or {}
+        return cls(
+            deployment=status.get("jobDeploymentStatus") or "",
+            job=status.get("jobStatus") or "",
+            reason=status.get("reason") or "",
+            message=status.get("message") or "",
+            failed=int(status.get("failed") or 0),
+            succeeded=int(status.get("succeeded") or 0),
+            backoff_limit=int(spec.get("backoffLimit") or 0),
+            suspend=bool(spec.get("suspend")),
+            queued=KUEUE_QUEUE_LABEL in labels,
+            cluster_name=status.get("rayClusterName") or None,
+            dashboard_url=status.get("dashboardURL") or None,
+            start_time=status.get("startTime") or None,
+            end_time=status.get("endTime") or None,
+        )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    phase: str
+    reason: str
+    message: str
+
+
+def _will_retry(obs: Observation) -> bool:
+    return obs.reason not in NOT_RETRIED and obs.failed < obs.backoff_limit + 1
+
+
+def judge(obs: Observation) -> Verdict:
+    """The phase, reason and message that a RayJob observation means for the RLHFJob."""
+    d, j = obs.deployment, obs.job
+    if d in ("", "New"):
+        if obs.suspend:
+            return _suspended(obs)
+        return Verdict(Phase.Pending.value, "RayJobCreated", "RayJob created; waiting for KubeRay to start the Ray cluster")
+    if d in ("Initializing", "Waiting"):
+        return Verdict(Phase.Provisioning.value, "ClusterProvisioning", "Ray cluster is starting")
+    if d == "Running":
+        if j == "RUNNING":
+            return Verdict(Phase.Running.value, "Training", "training is running")
+        if j in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return Verdict(Phase.Running.value, "Finishing", f"Ray job {j.lower()}; waiting for KubeRay to finish the deployment")
+        return Verdict(Phase.Provisioning.value, "JobPending", "Ray job submitted; waiting for its driver to start")
+    if d == "Complete":
+        if j == "SUCCEEDED":
+            return Verdict(Phase.Succeeded.value, "Completed", "training finished")
+        return Verdict(Phase.Failed.value, "JobStopped", obs.message or f"Ray job ended as {j or 'unknown'} without succeeding")
+    if d == "Failed":
+        reason = obs.reason or "AppFailed"
+        message = obs.message or "Ray job failed"
+        if _will_retry(obs):
+            return Verdict(Phase.Retrying.value, reason, f"attempt {obs.failed} failed ({reason}): {message}; retrying")
+        return Verdict(Phase.Failed.value, reason, message)
+    if d == "Retrying":
+        return Verdict(Phase.Retrying.value, obs.reason or "Retrying", obs.message or "retrying with a new Ray cluster")
+    if d == "ValidationFailed":
+        return Verdict(Phase.Failed.value, "ValidationFailed", obs.message or "KubeRay rejected the RayJob")
+    if d in ("Suspending", "Suspended"):
+        return _suspended(obs)
+    return Verdict(Phase.Pending.value, "Unknown", f"unrecognized RayJob deployment status {d!r}")
+
+
+def _suspended(obs: Observation) -> Verdict:
+    if obs.queued:
+        return Verdict(Phase.Suspended.value, "WaitingForAdmission", "queued: waiting for Kueue to admit the job")
+    if obs.deployment == "Suspending":
+        return Verdict(Phase.Suspended.value, "Suspending", "suspending: the Ray cluster is being deleted")
+    return Verdict(Phase.Suspended.value, "Suspended", "suspended; set spec.suspend: false to resume from the last checkpoint")
+
+
+def attempts(obs: Observation) -> int:
+    """Attempts made so far: finished ones plus the one in progress."""
+    if obs.deployment in ("", "New") and not (obs.failed or obs.succeeded):
+        return 0
+    finished = obs.failed + obs.succeeded
+    in_progress = obs.deployment not in ("Complete", "Failed", "ValidationFailed", "Suspended", "Suspending")
+    return finished + (1 if in_progress else 0)
+
+
+# --------------------------------------------------------------------------- conditions
+
+
+def set_condition(conditions: list[dict[str, Any]], type_: str, status: bool | str, reason: str, message: str,
+                  generation: Optional[int], now: Optional[str] = None) -> list[dict[str, Any]]:
+    """A new list with condition ``type_`` set; lastTransitionTime moves only when status flips."""
+    value = status if isinstance(status, str) else ("True" if status else "False")
+    now = now or now_rfc3339()
+    result, found = [], False
+    for cond in conditions:
+        if cond.get("type") != type_:
+            result.append(cond)
+            continue
+        found = True
+        changed = cond.get("status") != value
+        result.append({
+            "type": type_, "status": value, "reason": reason, "message": message,
+            "lastTransitionTime": now if changed else cond.get("lastTransitionTime", now),
+            "observedGeneration": generation,
+        })
+    if not found:
+        result.append({"type": type_, "status": value, "reason": reason, "message": message,
+                       "lastTransitionTime": now, "observedGeneration": generation})
+    return [{k: v for k, v in c.items() if v is not None} for c in result]
+
+
+def get_condition(conditions: list[dict[str, Any]], type_: str) -> Optional[dict[str, Any]]:
+    return next((c for c in conditions if c.get("type") == type_), None)
+
+
+def phase_conditions(conditions: list[dict[str, Any]], verdict: Verdict, generation: Optional[int],
+                     now: Optional[str] = None) -> list[dict[str, Any]]:
+    """Running / Suspended / Succeeded / Failed conditions that agree with the phase."""
+    for type_, phase in ((RUNNING, Phase.Running), (SUSPENDED, Phase.Suspended),
+                         (SUCCEEDED, Phase.Succeeded), (FAILED, Phase.Failed)):
+        on = verdict.phase == phase.value
+        if on or get_condition(conditions, type_) is not None:
+            conditions = set_condition(conditions, type_, on, verdict.reason if on else "", verdict.message if on else "",
+                                       generation, now)
+    return conditions
+
+
+@dataclass
+class StatusPatch:
+    """A status update for the RLHFJob plus the Events that tell its story."""
+
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+
+
+def mirror(current: dict[str, Any], rayjob: dict[str, Any], generation: Optional[int],
+           now: Optional[str] = None) -> StatusPatch:
+    """The status patch that reflects ``rayjob`` in an RLHFJob whose status is ``current``."""
+    now = now or now_rfc3339()
+    obs = Observation.of(rayjob)
+    verdict = judge(obs)
+    patch = StatusPatch()
+    status = patch.status
+    if current.get("phase") != verdict.phase or current.get("reason") != verdict.reason:
+        status.update(phase=verdict.phase, reason=verdict.reason, message=verdict.message)
+        failing = verdict.phase in (Phase.Failed.value, Phase.Retrying.value)
+        patch.events.append(("Warning" if failing else "Normal", verdict.reason, f"{verdict.phase}: {verdict.message}"))
+    elif current.get("message") != verdict.message:
+        status["message"] = verdict.message
+    conditions = phase_conditions(list(current.get("conditions") or []), verdict, generation, now)
+    if conditions != (current.get("conditions") or []):
+        status["conditions"] = conditions
+    for key, value in (("rayClusterName", obs.cluster_name), ("dashboardURL", obs.dashboard_url),
+                       ("attempts", attempts(obs))):
+        if value is not None and current.get(key) != value:
+            status[key] = value
+    if obs.start_time and not current.get("startTime"):
+        status["startTime"] = obs.start_time
+    if verdict.phase in (Phase.Succeeded.value, Phase.Failed.value) and not current.get("completionTime"):
+        status["completionTime"] = obs.end_time or now
+    return patch
+
+
+def stall_update(current: dict[str, Any], heartbeat: Optional[str], stall_seconds: float, generation: Optional[int],
+                 now: Optional[datetime] = None) -> Optional[tuple[list[dict[str, Any]], Optional[tuple[str, str, str]]]]:
+    """New conditions (and an Event) when the Stalled condition must change; None when it need not."""
+    now = now or datetime.now(timezone.utc)
+    beat = parse_time(heartbeat)
+    age = (now - beat).total_seconds() if beat else None
+    stalled = age is None or age > stall_seconds
+    conditions = list(current.get("conditions") or [])
+    existing = get_condition(conditions, STALLED)
+    if existing is None and not stalled:
+        return None
+    if existing is not None and (existing.get("status") == "True") == stalled:
+        return None
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if stalled:
+        message = (f"no progress heartbeat for {int(age)} s (limit {int(stall_seconds)} s)" if age is not None
+                   else "the progress endpoint gave no heartbeat")
+        conditions = set_condition(conditions, STALLED, True, "NoHeartbeat", message, generation, stamp)
+        return conditions, ("Warning", "Stalled", message)
+    conditions = set_condition(conditions, STALLED, False, "HeartbeatResumed", "progress heartbeat is fresh", generation, stamp)
+    return conditions, ("Normal", "Resumed", "progress heartbeat resumed")

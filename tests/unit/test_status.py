@@ -1,0 +1,116 @@
+"""The status machine as a pure function of what KubeRay reports."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from rlhf_operator import status as st
+
+
+def rayjob(deployment="", job="", reason="", message="", failed=0, succeeded=0, backoff=0, suspend=False, queued=False,
+           cluster=None):
+    labels = {"kueue.x-k8s.io/queue-name": "q"} if queued else {}
+    status = {"jobDeploymentStatus": deployment, "jobStatus": job, "reason": reason, "message": message,
+              "failed": failed, "succeeded": succeeded}
+    if cluster:
+        status["rayClusterName"] = cluster
+    return {"metadata": {"name": "demo", "labels": labels}, "spec": {"backoffLimit": backoff, "suspend": suspend},
+            "status": status}
+
+
+@pytest.mark.parametrize("observed, phase, reason", [
+    (rayjob(), "Pending", "RayJobCreated"),
+    (rayjob(suspend=True), "Suspended", "Suspended"),
+    (rayjob(suspend=True, queued=True), "Suspended", "WaitingForAdmission"),
+    (rayjob("Initializing"), "Provisioning", "ClusterProvisioning"),
+    (rayjob("Running", "PENDING"), "Provisioning", "JobPending"),
+    (rayjob("Running", "RUNNING"), "Running", "Training"),
+    (rayjob("Running", "SUCCEEDED"), "Running", "Finishing"),
+    (rayjob("Complete", "SUCCEEDED", succeeded=1), "Succeeded", "Completed"),
+    (rayjob("Complete", "STOPPED"), "Failed", "JobStopped"),
+    (rayjob("Failed", "FAILED", "AppFailed", "exit 1", failed=1), "Failed", "AppFailed"),
+    # kuberay#2314: the deployment says Failed while jobStatus still says RUNNING
+    (rayjob("Failed", "RUNNING", "DeadlineExceeded", "deadline", failed=1, backoff=3), "Failed", "DeadlineExceeded"),
+    (rayjob("Failed", "FAILED", "AppFailed", failed=1, backoff=2), "Retrying", "AppFailed"),
+    (rayjob("Failed", "FAILED", "AppFailed", failed=3, backoff=2), "Failed", "AppFailed"),
+    (rayjob("Retrying", reason="AppFailed", failed=1, backoff=2), "Retrying", "AppFailed"),
+    (rayjob("Failed", "", "SubmissionFailed", "submitter failed", failed=1), "Failed", "SubmissionFailed"),
+    (rayjob("ValidationFailed", reason="ValidationFailed", message="bad spec"), "Failed", "ValidationFailed"),
+    (rayjob("Suspending"), "Suspended", "Suspending"),
+    (rayjob("Suspended", suspend=True), "Suspended", "Suspended"),
+])
+def test_phase_follows_deployment_status_first(observed, phase, reason):
+    verdict = st.judge(st.Observation.of(observed))
+    assert (verdict.phase, verdict.reason) == (phase, reason)
+
+
+def test_kuberay_message_reaches_the_user():
+    verdict = st.judge(st.Observation.of(rayjob("Failed", "FAILED", "AppFailed", "reward_func raised KeyError", failed=1)))
+    assert "reward_func raised KeyError" in verdict.message
+
+
+def walk(*observations):
+    """Apply RayJob observations in order, as the operator would, collecting status and events."""
+    current, events = {}, []
+    for i, observed in enumerate(observations):
+        patch = st.mirror(current, observed, generation=1, now=f"2026-01-01T00:00:{i:02d}Z")
+        current = {**current, **patch.status}
+        events += patch.events
+    return current, events
+
+
+def test_success_sequence_sets_conditions_events_and_times():
+    current, events = walk(rayjob(), rayjob("Initializing", cluster="demo-abc"), rayjob("Running", "PENDING"),
+                           rayjob("Running", "RUNNING"), rayjob("Complete", "SUCCEEDED", succeeded=1))
+    assert current["phase"] == "Succeeded" and current["rayClusterName"] == "demo-abc"
+    assert [e[1] for e in events] == ["RayJobCreated", "ClusterProvisioning", "JobPending", "Training", "Completed"]
+    conditions = {c["type"]: c for c in current["conditions"]}
+    assert conditions["Succeeded"]["status"] == "True" and conditions["Running"]["status"] == "False"
+    assert conditions["Succeeded"]["observedGeneration"] == 1
+    assert current["completionTime"] == "2026-01-01T00:00:04Z"
+    assert current["attempts"] == 1
+
+
+def test_retry_then_success_counts_attempts():
+    current, events = walk(rayjob("Running", "RUNNING", backoff=2),
+                           rayjob("Failed", "FAILED", "AppFailed", "oom", failed=1, backoff=2),
+                           rayjob("Retrying", reason="AppFailed", failed=1, backoff=2),
+                           rayjob("Initializing", failed=1, backoff=2),
+                           rayjob("Running", "RUNNING", failed=1, backoff=2),
+                           rayjob("Complete", "SUCCEEDED", failed=1, succeeded=1, backoff=2))
+    assert current["phase"] == "Succeeded" and current["attempts"] == 2
+    assert ("Warning", "AppFailed") in [(e[0], e[1]) for e in events]
+    assert any(message.startswith("Retrying: attempt 1 failed (AppFailed): oom") for _, _, message in events)
+
+
+def test_no_event_or_write_when_nothing_changed():
+    current, _ = walk(rayjob("Running", "RUNNING"))
+    again = st.mirror(current, rayjob("Running", "RUNNING"), generation=1, now="2026-01-01T00:01:00Z")
+    assert again.status == {} and again.events == []
+
+
+def test_last_transition_time_moves_only_when_status_flips():
+    conditions = st.set_condition([], "Running", True, "Training", "a", 1, "2026-01-01T00:00:00Z")
+    conditions = st.set_condition(conditions, "Running", True, "Training", "b", 2, "2026-01-01T00:05:00Z")
+    assert conditions[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z" and conditions[0]["message"] == "b"
+    assert conditions[0]["observedGeneration"] == 2
+    conditions = st.set_condition(conditions, "Running", False, "", "", 2, "2026-01-01T00:09:00Z")
+    assert conditions[0]["lastTransitionTime"] == "2026-01-01T00:09:00Z"
+
+
+def test_stale_heartbeat_stalls_and_fresh_one_recovers():
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+    old_beat = (now - timedelta(seconds=700)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fresh = (now - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert st.stall_update({}, fresh, 600, 1, now) is None
+    conditions, event = st.stall_update({}, old_beat, 600, 1, now)
+    assert conditions[0]["type"] == "Stalled" and conditions[0]["status"] == "True" and event[1] == "Stalled"
+    assert "700 s" in conditions[0]["message"]
+    assert st.stall_update({"conditions": conditions}, old_beat, 600, 1, now) is None  # no repeat
+    recovered, event = st.stall_update({"conditions": conditions}, fresh, 600, 1, now)
+    assert recovered[0]["status"] == "False" and event == ("Normal", "Resumed", "progress heartbeat resumed")
+
+
+def test_missing_heartbeat_counts_as_stalled():
+    conditions, _ = st.stall_update({}, None, 600, 1)
+    assert conditions[0]["status"] == "True"
