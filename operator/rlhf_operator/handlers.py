@@ -174,7 +174,6 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
         settings.persistence.finalizer = "rlhf.dev/kopf-finalizer"
         settings.posting.level = logging.INFO
         settings.execution.max_workers = cfg.max_workers
-        settings.watching.server_timeout = 300
         if cfg.webhook_cert_dir:
             settings.admission.server = kopf.WebServer(
                 addr="0.0.0.0", port=cfg.webhook_port,
@@ -386,6 +385,9 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
             _post(_job_body(job), events)
 
     # ------------------------------------------------------------------ admission
+
+    if not cfg.webhook_cert_dir:
+        return metrics  # kopf refuses admission handlers without a server to serve them
 
     @kopf.on.validate(GROUP, VERSION, PLURAL, id="validate-rlhfjob", registry=registry)
     def validate(spec: kopf.Spec, old: Optional[dict], operation: Optional[str], **_: Any) -> None:

@@ -1,0 +1,377 @@
+"""RLHFJob → RayJob lifecycle with the real kopf operator against the API emulator."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import yaml
+
+from conftest import NS, REWARD, rlhfjob
+from k8s_schemas import rayjob_errors
+
+RAYJOBS = "ray.io/v1/rayjobs"
+JOBS = "rlhf.dev/v1alpha1/rlhfjobs"
+
+
+def job_status(kube, name="demo"):
+    return (kube.get(JOBS, name, NS) or {}).get("status") or {}
+
+
+def wait_phase(kube, phase, reason=None, name="demo", timeout=15):
+    def reached():
+        status = job_status(kube, name)
+        return status if status.get("phase") == phase and (reason is None or status.get("reason") == reason) else None
+    return kube.wait_for(reached, timeout=timeout, message=lambda: f"phase {phase}/{reason}; status now {job_status(kube, name)}")
+
+
+def conditions(status):
+    return {c["type"]: c for c in status.get("conditions") or []}
+
+
+def kuberay(kube, name="demo", **status):
+    """Play KubeRay: write the RayJob's status as KubeRay would."""
+    kube.patch_status(RAYJOBS, name, status, NS)
+
+
+def reasons(kube, name="demo"):
+    return [e["reason"] for e in kube.events(NS, involved_name=name, involved_kind="RLHFJob")]
+
+
+def test_create_makes_configmaps_and_rayjob_owned_by_the_job(kube, operator):
+    operator.start()
+    job = kube.create(rlhfjob())
+    rayjob = kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
+    status = wait_phase(kube, "Pending", "RayJobCreated")
+    uid = job["metadata"]["uid"]
+    config_maps = kube.list("v1/configmaps", NS, label_selector="rlhf.dev/job-name=demo")
+    assert sorted(cm["metadata"]["name"] for cm in config_maps) == sorted([f"demo-code-{status['codeHash']}", "demo-config"])
+    for obj in [rayjob, *config_maps]:
+        owner, = obj["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == ("RLHFJob", "demo", uid, True)
+    code = next(cm for cm in config_maps if cm["metadata"]["name"].startswith("demo-code-"))
+    assert code["data"]["reward_func.py"] == REWARD
+    assert status["rayJobName"] == "demo" and status["observedGeneration"] == job["metadata"]["generation"]
+    assert conditions(status)["Validated"]["status"] == "True"
+    assert rayjob_errors({k: v for k, v in rayjob.items() if k != "status"}) == []
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["image"] == "example/workers:test"
+    kube.wait_for(lambda: "RayJobCreated" in reasons(kube))
+    # The operator writes status only: no finalizer, no annotations, spec untouched.
+    stored = kube.get(JOBS, "demo", NS)
+    assert stored["spec"] == job["spec"]
+    assert not stored["metadata"].get("finalizers")
+    assert not any(k.startswith("kopf.zalando.org") for k in stored["metadata"].get("annotations") or {})
+
+
+def test_success_sequence(kube, operator):
+    operator.start()
+    kube.create(rlhfjob())
+    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
+    kuberay(kube, jobDeploymentStatus="Initializing", rayClusterName="demo-x7k2p", startTime="2026-01-01T00:00:00Z")
+    wait_phase(kube, "Provisioning")
+    kuberay(kube, jobDeploymentStatus="Running", jobStatus="PENDING", dashboardURL="demo-x7k2p-head-svc.team-a.svc:8265")
+    wait_phase(kube, "Provisioning", "JobPending")
+    kuberay(kube, jobStatus="RUNNING")
+    status = wait_phase(kube, "Running")
+    assert status["rayClusterName"] == "demo-x7k2p" and status["dashboardURL"].startswith("demo-x7k2p-head-svc")
+    assert conditions(status)["Running"]["status"] == "True" and status["startTime"] == "2026-01-01T00:00:00Z"
+    kuberay(kube, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1, endTime="2026-01-01T01:00:00Z")
+    status = wait_phase(kube, "Succeeded", "Completed")
+    assert conditions(status)["Succeeded"]["status"] == "True" and conditions(status)["Running"]["status"] == "False"
+    assert status["completionTime"] == "2026-01-01T01:00:00Z" and status["attempts"] == 1
+    kube.wait_for(lambda: {"ClusterProvisioning", "JobPending", "Training", "Completed"} <= set(reasons(kube)))
+
+
+@pytest.mark.parametrize("failure, reason", [
+    ({"jobStatus": "FAILED", "reason": "AppFailed", "message": "job failed: reward_func raised"}, "AppFailed"),
+    ({"jobStatus": "RUNNING", "reason": "DeadlineExceeded", "message": "activeDeadlineSeconds exceeded"}, "DeadlineExceeded"),
+    ({"reason": "SubmissionFailed", "message": "submitter pod failed"}, "SubmissionFailed"),
+])
+def test_failures_are_terminal_with_kuberay_reason(kube, operator, failure, reason):
+    operator.start()
+    spec = rlhfjob()["spec"]
+    spec["backoffLimit"] = 0
+    kube.create(rlhfjob(spec=spec))
+    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
+    kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    wait_phase(kube, "Running")
+    kuberay(kube, jobDeploymentStatus="Failed", failed=1, **failure)
+    status = wait_phase(kube, "Failed", reason)
+    assert failure["message"] in status["message"]
+    failed = conditions(status)["Failed"]
+    assert failed["status"] == "True" and failed["reason"] == reason
+    kube.wait_for(lambda: any(e["type"] == "Warning" and e["reason"] == reason
+                              for e in kube.events(NS, involved_name="demo", involved_kind="RLHFJob")))
+
+
+def test_retry_then_success(kube, operator):
+    operator.start()
+    kube.create(rlhfjob())  # backoffLimit: 1
+    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
+    kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    wait_phase(kube, "Running")
+    kuberay(kube, jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed", message="OOM", failed=1)
+    status = wait_phase(kube, "Retrying")
+    assert "OOM" in status["message"]
+    kuberay(kube, jobDeploymentStatus="Retrying")
+    kuberay(kube, jobDeploymentStatus="Initializing", jobStatus="", reason="", message="")
+    wait_phase(kube, "Provisioning")
+    kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    wait_phase(kube, "Running")
+    kuberay(kube, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
+    status = wait_phase(kube, "Succeeded")
+    assert status["attempts"] == 2
+
+
+def test_kuberay_validation_failure(kube, operator):
+    operator.start()
+    kube.create(rlhfjob())
+    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
+    kuberay(kube, jobDeploymentStatus="ValidationFailed", reason="ValidationFailed", message="invalid rayClusterSpec")
+    status = wait_phase(kube, "Failed", "ValidationFailed")
+    assert "invalid rayClusterSpec" in status["message"]
+
+
+def test_suspend_and_resume(kube, operator):
+    operator.start()
+    kube.create(rlhfjob())
+    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
+    kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    wait_phase(kube, "Running")
+    kube.patch(JOBS, "demo", {"spec": {"suspend": True}}, NS)
+    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS)["spec"].get("suspend") is True)
+    kuberay(kube, jobDeploymentStatus="Suspending")
+    kuberay(kube, jobDeploymentStatus="Suspended", jobStatus="")
+    status = wait_phase(kube, "Suspended", "Suspended")
+    assert conditions(status)["Suspended"]["status"] == "True"
+    kube.patch(JOBS, "demo", {"spec": {"suspend": False}}, NS)
+    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS)["spec"].get("suspend") is False)
+    kuberay(kube, jobDeploymentStatus="Initializing")
+    status = wait_phase(kube, "Provisioning")
+    assert conditions(status)["Suspended"]["status"] == "False"
+    kube.wait_for(lambda: {"Suspending", "Resuming"} <= set(reasons(kube)))
+    assert job_status(kube)["observedGeneration"] == kube.get(JOBS, "demo", NS)["metadata"]["generation"]
+
+
+def test_kueue_queued_job_starts_suspended_and_kueue_admission_is_respected(kube, operator):
+    operator.start()
+    kube.create(rlhfjob(labels={"kueue.x-k8s.io/queue-name": "gpu-queue"}))
+    rayjob = kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
+    assert rayjob["spec"]["suspend"] is True
+    assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    kuberay(kube, jobDeploymentStatus="Suspended")
+    wait_phase(kube, "Suspended", "WaitingForAdmission")
+    # Kueue admits: it un-suspends the RayJob itself.
+    kube.patch(RAYJOBS, "demo", {"spec": {"suspend": False}}, NS)
+    kuberay(kube, jobDeploymentStatus="Initializing")
+    wait_phase(kube, "Provisioning")
+    kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    wait_phase(kube, "Running")
+    operator.restart()  # a resumed operator must not fight Kueue either
+    kuberay(kube, jobStatus="RUNNING", message="still running")
+    kube.wait_for(lambda: job_status(kube).get("message") != "" )
+    assert kube.get(RAYJOBS, "demo", NS)["spec"]["suspend"] is False
+
+
+def test_invalid_spec_fails_with_a_condition_and_no_rayjob(kube, operator):
+    operator.start()
+    bad = rlhfjob()
+    bad["spec"]["algorithm"]["nSamplesPerPrompt"] = 1
+    bad["spec"]["rollout"] = {"temperatur": 0.7}
+    kube.create(bad)
+    status = wait_phase(kube, "Failed", "ValidationFailed")
+    validated = conditions(status)["Validated"]
+    assert validated["status"] == "False"
+    assert "spec.algorithm.nSamplesPerPrompt" in validated["message"] or "spec.rollout.temperatur" in validated["message"]
+    assert "Traceback" not in validated["message"]
+    assert kube.get(RAYJOBS, "demo", NS) is None
+    assert kube.list("v1/configmaps", NS, label_selector="rlhf.dev/job-name=demo") == []
+    kube.wait_for(lambda: "ValidationFailed" in reasons(kube))
+
+
+def test_missing_configmap_waits_then_launches_when_it_appears(kube, operator):
+    operator.start()
+    spec = rlhfjob()["spec"]
+    spec["reward"] = {"function": {"configMapRef": {"name": "my-reward", "key": "reward.py"}}}
+    kube.create(rlhfjob(spec=spec))
+    status = wait_phase(kube, "Pending", "CodeNotFound")
+    assert "ConfigMap 'my-reward' not found" in status["message"]
+    assert conditions(status)["Validated"]["status"] == "False"
+    assert kube.get(RAYJOBS, "demo", NS) is None
+    kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "my-reward", "namespace": NS},
+                 "data": {"other.py": "x = 1\n"}})
+    kube.wait_for(lambda: "has no key 'reward.py'" in job_status(kube).get("message", ""))
+    kube.patch("v1/configmaps", "my-reward", {"data": {"reward.py": REWARD}}, NS)
+    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
+    status = wait_phase(kube, "Pending", "RayJobCreated")
+    snapshot = kube.get("v1/configmaps", f"demo-code-{status['codeHash']}", NS)
+    assert snapshot["data"]["reward_func.py"] == REWARD and snapshot["immutable"] is True
+
+
+def test_configmap_code_that_does_not_define_reward_func_fails(kube, operator):
+    operator.start()
+    kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "rw", "namespace": NS},
+                 "data": {"reward_func.py": "def reward(q):\n    return 1\n"}})
+    spec = rlhfjob()["spec"]
+    spec["reward"] = {"function": {"configMapRef": {"name": "rw"}}}
+    kube.create(rlhfjob(spec=spec))
+    status = wait_phase(kube, "Failed", "ValidationFailed")
+    assert "must define reward_func" in status["message"]
+    assert kube.get(RAYJOBS, "demo", NS) is None
+
+
+def test_snapshot_is_kept_when_the_user_edits_the_configmap(kube, operator):
+    kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "rw", "namespace": NS},
+                 "data": {"reward_func.py": REWARD}})
+    spec = rlhfjob()["spec"]
+    spec["reward"] = {"function": {"configMapRef": {"name": "rw"}}}
+    operator.start()
+    kube.create(rlhfjob(spec=spec))
+    first = wait_phase(kube, "Pending", "RayJobCreated")["codeHash"]
+    kube.patch("v1/configmaps", "rw", {"data": {"reward_func.py": REWARD + "# edited\n"}}, NS)
+    operator.restart()
+    kube.wait_for(lambda: operator.metrics.phases.get((NS, "demo")))
+    code_maps = [cm for cm in kube.list("v1/configmaps", NS) if cm["metadata"]["name"].startswith("demo-code-")]
+    assert [cm["metadata"]["name"] for cm in code_maps] == [f"demo-code-{first}"]
+
+
+def test_immutable_edit_is_refused_with_an_event(kube, operator):
+    operator.start()
+    kube.create(rlhfjob())
+    before = kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
+    kube.patch(JOBS, "demo", {"spec": {"model": {"path": "/models/other"}}}, NS)
+    kube.wait_for(lambda: "SpecImmutable" in reasons(kube))
+    assert conditions(job_status(kube))["Validated"]["reason"] == "SpecImmutable"
+    assert kube.get(RAYJOBS, "demo", NS)["spec"] == before["spec"]
+
+
+def test_existing_rayjob_not_owned_by_the_job_is_a_conflict(kube, operator):
+    kube.create({"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "demo", "namespace": NS},
+                 "spec": {"entrypoint": "python other.py"}})
+    operator.start()
+    kube.create(rlhfjob())
+    status = wait_phase(kube, "Failed", "ChildConflict")
+    assert "not owned by this RLHFJob" in status["message"]
+    assert kube.get(RAYJOBS, "demo", NS)["spec"]["entrypoint"] == "python other.py"
+
+
+def test_deleting_the_job_leaves_nothing_behind(kube, operator):
+    operator.start()
+    kube.create(rlhfjob())
+    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
+    assert kube.delete(JOBS, "demo", NS) is True  # no finalizer holds it
+    kube.collect_garbage()  # what the cluster's garbage collector does with ownerReferences
+    assert kube.get(RAYJOBS, "demo", NS) is None
+    assert kube.list("v1/configmaps", NS, label_selector="rlhf.dev/job-name=demo") == []
+
+
+def test_deleted_rayjob_marks_a_running_job_failed(kube, operator):
+    operator.start()
+    kube.create(rlhfjob())
+    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
+    kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    wait_phase(kube, "Running")
+    kube.delete(RAYJOBS, "demo", NS)
+    status = wait_phase(kube, "Failed", "RayJobMissing")
+    assert "was deleted" in status["message"]
+
+
+# ----------------------------------------------------------------- restarts
+
+
+def children(kube):
+    return (sorted(o["metadata"]["name"] for o in kube.list(RAYJOBS, NS)),
+            sorted(o["metadata"]["name"] for o in kube.list("v1/configmaps", NS, label_selector="rlhf.dev/job-name=demo")))
+
+
+def test_restart_after_launch_makes_no_duplicates(kube, operator):
+    operator.start()
+    kube.create(rlhfjob())
+    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
+    wait_phase(kube, "Pending", "RayJobCreated")
+    before = children(kube)
+    operator.restart()
+    operator.restart()
+    kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    wait_phase(kube, "Running")
+    assert children(kube) == before and len(before[0]) == 1 and len(before[1]) == 2
+
+
+def test_restart_after_partial_creation_completes_the_children(kube, operator):
+    """Operator died after creating the code ConfigMap only: the resumed one adopts it and creates the rest."""
+    from rlhf_operator.render import render
+    from rlhf_operator.validation import parse_job
+
+    job = kube.create(rlhfjob())
+    parsed = parse_job(job)
+    code_cm = render(parsed)[0]
+    kube.create(code_cm)
+    operator.start()
+    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
+    wait_phase(kube, "Pending", "RayJobCreated")
+    rayjobs, config_maps = children(kube)
+    assert rayjobs == ["demo"] and config_maps == sorted([code_cm["metadata"]["name"], "demo-config"])
+
+
+def test_status_changes_while_the_operator_is_down_are_picked_up(kube, operator):
+    operator.start()
+    kube.create(rlhfjob())
+    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
+    wait_phase(kube, "Pending")
+    operator.stop()
+    kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    kuberay(kube, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
+    operator.start()
+    wait_phase(kube, "Succeeded")
+    assert children(kube)[0] == ["demo"]
+
+
+def test_finished_job_is_not_relaunched_after_its_rayjob_is_gone(kube, operator):
+    operator.start()
+    kube.create(rlhfjob())
+    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
+    kuberay(kube, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
+    wait_phase(kube, "Succeeded")
+    operator.stop()
+    kube.delete(RAYJOBS, "demo", NS)  # e.g. KubeRay's DELETE_RAYJOB_CR_AFTER_JOB_FINISHES
+    operator.start()
+    kube.wait_for(lambda: operator.metrics.phases.get((NS, "demo")) == "Succeeded")
+    assert kube.get(RAYJOBS, "demo", NS) is None
+    assert job_status(kube)["phase"] == "Succeeded"
+
+
+# ----------------------------------------------------------------- progress
+
+
+def beat(seconds_ago=0):
+    return (datetime.now(timezone.utc) - timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_progress_is_polled_into_status_and_a_stale_heartbeat_stalls(kube, operator, progress_server):
+    operator.start(progress_url=progress_server.url, stall_seconds=30)
+    kube.create(rlhfjob())
+    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
+    progress_server.report = {"state": "training", "step": 3, "totalSteps": 10, "rewardMean": 0.42, "scoreMean": 0.5,
+                              "kl": 0.01, "heartbeat": beat(),
+                              "lastCheckpoint": {"step": 2, "path": "/checkpoints/demo/step-2", "time": beat()}}
+    kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING", rayClusterName="demo-abc")
+    status = kube.wait_for(lambda: job_status(kube) if (job_status(kube).get("progress") or {}).get("step") == 3 else None)
+    assert status["progress"]["totalSteps"] == 10 and status["progress"]["rewardMean"] == 0.42
+    assert status["lastCheckpoint"] == "/checkpoints/demo/step-2"
+    assert "Stalled" not in conditions(status)
+    progress_server.report = {**progress_server.report, "step": 4, "heartbeat": beat(120)}
+    kube.wait_for(lambda: conditions(job_status(kube)).get("Stalled", {}).get("status") == "True")
+    assert "no progress heartbeat" in conditions(job_status(kube))["Stalled"]["message"]
+    progress_server.report = {**progress_server.report, "step": 5, "heartbeat": beat()}
+    kube.wait_for(lambda: conditions(job_status(kube)).get("Stalled", {}).get("status") == "False")
+    assert job_status(kube)["progress"]["step"] == 5
+    kube.wait_for(lambda: {"Checkpointed", "Stalled", "Resumed"} <= set(reasons(kube)))
+
+
+def test_unreachable_progress_endpoint_stalls_after_the_limit(kube, operator):
+    operator.start(progress_url="http://127.0.0.1:9/progress", stall_seconds=1)
+    kube.create(rlhfjob())
+    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
+    kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    wait_phase(kube, "Running")
+    kube.wait_for(lambda: conditions(job_status(kube)).get("Stalled", {}).get("status") == "True", timeout=15)
+    assert operator.metrics.progress_failures > 0
