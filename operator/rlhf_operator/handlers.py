@@ -303,8 +303,8 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
     @kopf.on.event("ray.io", "v1", "rayjobs", labels=MANAGED_BY, registry=registry)
     def rayjob_changed(body: kopf.Body, type: Optional[str], namespace: str, **_: Any) -> None:
         owner = _owner_name(body)
-        if owner is None:
-            return
+        if owner is None or (type != "DELETED" and not (body.get("status") or {}).get("jobDeploymentStatus")):
+            return  # not ours, or KubeRay has not reported yet (launch already set Pending)
         rayjob = dict(body)
         events: list[tuple[str, str, str]] = []
 

@@ -24,13 +24,16 @@ class NotOwned(Exception):
 
 def api_client(kubeconfig: Optional[str] = None) -> kubernetes.client.ApiClient:
     """A client for the cluster: the given kubeconfig, the in-cluster account, or ~/.kube/config."""
-    if kubeconfig:
-        return kubernetes.config.new_client_from_config(config_file=kubeconfig)
     configuration = kubernetes.client.Configuration()
-    try:
-        kubernetes.config.load_incluster_config(client_configuration=configuration)
-    except kubernetes.config.ConfigException:
-        return kubernetes.config.new_client_from_config()
+    if kubeconfig:
+        kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config(client_configuration=configuration)
+    # Handlers run in up to OperatorConfig.max_workers threads that share this client.
+    configuration.connection_pool_maxsize = 32
     return kubernetes.client.ApiClient(configuration)
 
 
@@ -45,12 +48,15 @@ class Kube:
 
     # ------------------------------------------------------------------ generic
 
-    def _create(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def _create(self, obj: dict[str, Any]) -> None:
+        # _preload_content=False: the created object is not needed, and turning the response
+        # into client model classes costs more CPU than the request itself.
         ns = obj["metadata"]["namespace"]
         if obj["kind"] == "ConfigMap":
-            return self.core.create_namespaced_config_map(ns, obj).to_dict()
+            self.core.create_namespaced_config_map(ns, obj, _preload_content=False).release_conn()
+            return
         group, version, plural = _PLURALS[(obj["apiVersion"], obj["kind"])]
-        return self.custom.create_namespaced_custom_object(group, version, ns, plural, obj)
+        self.custom.create_namespaced_custom_object(group, version, ns, plural, obj, _preload_content=False).release_conn()
 
     def _get(self, obj: dict[str, Any]) -> dict[str, Any]:
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
