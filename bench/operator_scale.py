@@ -54,6 +54,11 @@ class RssSampler(threading.Thread):
             self.stop.wait(0.05)
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def run_one(label: str, command: list[str], child_of, resource: str, n: int, timeout: float) -> dict:
     with KubeEmulator(record_requests=False) as kube:
         kube.create_namespace(NS)
@@ -65,6 +70,7 @@ def run_one(label: str, command: list[str], child_of, resource: str, n: int, tim
         try:
             kube.wait_for(lambda: kube.watch_count("rlhf.dev/v1alpha1/rlhfjobs") > 0, timeout=60)
             idle_rss = sampler.peak
+            idle_cpu = _cpu_seconds(proc.pid)
             created: dict[str, float] = {}
             start = time.monotonic()
             for i in range(n):
@@ -86,6 +92,7 @@ def run_one(label: str, command: list[str], child_of, resource: str, n: int, tim
                         seen[owner] = now
                 time.sleep(0.01)
             total = time.monotonic() - start
+            cpu = _cpu_seconds(proc.pid) - idle_cpu
         finally:
             proc.send_signal(signal.SIGINT)
             try:
@@ -97,7 +104,8 @@ def run_one(label: str, command: list[str], child_of, resource: str, n: int, tim
     if len(seen) < n:
         print(f"{label}: only {len(seen)}/{n} children appeared within {timeout} s", file=sys.stderr)
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
-    return {"label": label, "done": len(seen), "p50": q[49], "p99": q[98], "total": total, "rss_mb": sampler.peak / 2**20,
+    return {"label": label, "done": len(seen), "p50": q[49], "p99": q[98], "total": total, "cpu": cpu,
+            "rss_mb": sampler.peak / 2**20,
             "idle_rss_mb": idle_rss / 2**20}
 
 
@@ -114,9 +122,10 @@ def main() -> int:
                    lambda name: name.removesuffix("-bare") if name.endswith("-bare") else None,
                    "v1/configmaps", args.n, args.timeout)
     print(f"\nOperator scale: {args.n} RLHFJobs applied at once (2-core machine, API emulator in-process)\n")
-    print(f"{'operator':<26}{'done':>6}{'p50 s':>9}{'p99 s':>9}{'all s':>9}{'peak RSS MB':>13}{'idle RSS MB':>13}")
+    print(f"{'operator':<26}{'done':>6}{'p50 s':>9}{'p99 s':>9}{'all s':>9}{'CPU s':>8}{'peak RSS MB':>13}{'idle RSS MB':>13}")
     for r in (ours, bare):
-        print(f"{r['label']:<26}{r['done']:>6}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['total']:>9.2f}{r['rss_mb']:>13.1f}{r['idle_rss_mb']:>13.1f}")
+        print(f"{r['label']:<26}{r['done']:>6}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['total']:>9.2f}{r['cpu']:>8.2f}"
+              f"{r['rss_mb']:>13.1f}{r['idle_rss_mb']:>13.1f}")
     print(f"\nratio (ours / bare): p50 {ours['p50'] / bare['p50']:.2f}×, p99 {ours['p99'] / bare['p99']:.2f}×,"
           f" all {ours['total'] / bare['total']:.2f}×, peak RSS {ours['rss_mb'] / bare['rss_mb']:.2f}×")
     print(f"goals: p99 ≤ 2× bare → {'met' if ours['p99'] <= 2 * bare['p99'] else 'NOT met'};"

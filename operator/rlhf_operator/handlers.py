@@ -300,11 +300,16 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
 
     # ------------------------------------------------------------------ RayJob → status
 
-    @kopf.on.event("ray.io", "v1", "rayjobs", labels=MANAGED_BY, registry=registry)
+    def reported(body: kopf.Body, type: Optional[str], **_: Any) -> bool:
+        # Until KubeRay reports, there is nothing to mirror (launch already set Pending);
+        # filtering here keeps those events off the handler threads.
+        return type == "DELETED" or bool((body.get("status") or {}).get("jobDeploymentStatus"))
+
+    @kopf.on.event("ray.io", "v1", "rayjobs", labels=MANAGED_BY, when=reported, registry=registry)
     def rayjob_changed(body: kopf.Body, type: Optional[str], namespace: str, **_: Any) -> None:
         owner = _owner_name(body)
-        if owner is None or (type != "DELETED" and not (body.get("status") or {}).get("jobDeploymentStatus")):
-            return  # not ours, or KubeRay has not reported yet (launch already set Pending)
+        if owner is None:
+            return
         rayjob = dict(body)
         events: list[tuple[str, str, str]] = []
 

@@ -34,8 +34,14 @@ class WorkerConfig(SpecModel):
     progress_port: int = PROGRESS_PORT
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.dump(), sort_keys=False)
+        return yaml.dump(self.dump(), Dumper=_Dumper, sort_keys=False)
 
     @classmethod
     def load(cls, path: str | Path) -> "WorkerConfig":
-        return cls.model_validate(yaml.safe_load(Path(path).read_text()))
+        return cls.model_validate(yaml.load(Path(path).read_text(), Loader=_Loader))
+
+
+# libyaml when available: the operator serializes one config per job and the pure-Python
+# emitter alone took longer than all of a job's API calls.
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -27,11 +27,18 @@ API semantics with :class:`ObjectStore`:
   selectors, ``sendInitialEvents`` with the initial-events-end bookmark;
 * discovery for core ``v1``, several API groups and any registered resource;
   CRDs created via the API register their resources (and vice versa);
+  a schema-less OpenAPI v3 stub so that kubectl's default validation passes
+  (``/openapi/v2`` is 404: kubectl then uses merge patches for custom resources);
+* kubectl's server-side printing (``Table``), list pagination (``limit``/``continue``),
+  ``dryRun=All``;
 * every response carries ``Connection: close`` (no keep-alive races).
 
 There is no garbage collector: ``ownerReferences`` are stored, but deleting
 an owner deletes nothing else unless :meth:`KubeEmulator.collect_garbage` is
 called (or ``auto_gc=True`` is passed).
+
+Protobuf is not spoken (415): ``kubectl create configmap ...`` fails; use
+``kubectl create ... --dry-run=client -o yaml | kubectl apply -f -``.
 
 Usage (sync, e.g. in pytest; the server runs in its own thread)::
 
@@ -46,9 +53,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import bisect
+import contextlib
 import copy
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -306,7 +315,7 @@ class ApiError(Exception):
         return cls(410, 'Expired', why)
 
 
-class _JSONPatchError(Exception):
+class _JSONPatchError(ValueError):
     pass
 
 
@@ -1529,7 +1538,54 @@ class EmulatorHandler(kmock.RawHandler):
             })
         if raw.path in ('/healthz', '/livez', '/readyz'):
             return aiohttp.web.Response(text='ok')
-        raise ApiError.not_found(None)  # incl. /openapi/v2 & /openapi/v3: kubectl copes with --validate=false
+        if raw.path == '/openapi/v3':
+            return _json_response(self._openapi_v3_index())
+        if raw.path.startswith('/openapi/v3/'):
+            return _json_response(self._openapi_v3_doc(raw.path[len('/openapi/v3/'):]))
+        raise ApiError.not_found(None)  # incl. /openapi/v2 (protobuf-only in reality)
+
+    # Just enough OpenAPI v3 for kubectl's default `--validate=strict`: every resource's PATCH
+    # accepts `fieldValidation`, so kubectl leaves the validation to the server (which accepts all).
+    # No schemas: kubectl falls back to its compiled-in strategic merge (built-ins) or merge patches (CRs).
+
+    def _openapi_v3_index(self) -> Obj:
+        gvs = sorted({(r.group, r.version) for r in self.store.resources()})
+        paths = {}
+        for group, version in gvs:
+            key = f'apis/{group}/{version}' if group else f'api/{version}'
+            digest = hashlib.sha256(_dumps(self._openapi_v3_doc(key))).hexdigest()[:32].upper()
+            paths[key] = {'serverRelativeURL': f'/openapi/v3/{key}?hash={digest}'}
+        return {'paths': paths}
+
+    def _openapi_v3_doc(self, key: str) -> Obj:
+        parts = key.strip('/').split('/')
+        if parts[0] == 'api' and len(parts) == 2:
+            group, version = '', parts[1]
+        elif parts[0] == 'apis' and len(parts) == 3:
+            group, version = parts[1], parts[2]
+        else:
+            raise ApiError.not_found(None)
+        resources = [r for r in self.store.resources() if r.group == group and r.version == version]
+        if not resources:
+            raise ApiError.not_found(None)
+        paths: Obj = {}
+        for res in sorted(resources, key=lambda r: r.plural):
+            gvk = {'group': group, 'version': version, 'kind': res.kind}
+            patch = {
+                'operationId': f'patch{res.kind}', 'x-kubernetes-action': 'patch',
+                'x-kubernetes-group-version-kind': gvk,
+                'parameters': [{'name': name, 'in': 'query', 'schema': {'type': 'string', 'uniqueItems': True}}
+                               for name in ('dryRun', 'fieldManager', 'fieldValidation')],
+                'requestBody': {'content': {ctype: {'schema': {'type': 'object'}} for ctype in (
+                    'application/json-patch+json', 'application/merge-patch+json', 'application/apply-patch+yaml')}},
+                'responses': {'200': {'description': 'OK'}},
+            }
+            path = res.url(namespace='{namespace}', name='{name}')
+            paths[path] = {'patch': patch}
+            if res.status:
+                paths[f'{path}/status'] = {'patch': dict(patch, operationId=f'patch{res.kind}Status')}
+        return {'openapi': '3.0.0', 'info': {'title': 'Kubernetes (KMock emulator)', 'version': 'v1.32.0'},
+                'paths': paths, 'components': {'schemas': {}}}
 
     def _groups(self) -> list[Obj]:
         versions: dict[str, list[str]] = {}
@@ -1848,6 +1904,7 @@ class KubeEmulator:
             host: str = '127.0.0.1',
             port: int | None = None,
             resources: Iterable[ApiResource] = (),
+            custom_resources: Iterable[ApiResource] = CUSTOM_RESOURCES,
             namespaces: Iterable[str] = DEFAULT_NAMESPACES,
             strict_namespaces: bool = True,
             auto_gc: bool = False,
@@ -1861,7 +1918,7 @@ class KubeEmulator:
         self._record_requests = record_requests
         for res in BUILTIN_RESOURCES:
             self.store.register(res)
-        for res in (*CUSTOM_RESOURCES, *resources):
+        for res in (*custom_resources, *resources):
             self.store.upsert_crd(res) if res.group and res.key != CRD_RESOURCE.key else self.store.register(res)
         for ns in namespaces:
             self.create_namespace(ns)
@@ -1998,6 +2055,33 @@ class KubeEmulator:
         """Make this emulator the default for ``kubernetes.client`` APIs created without an ApiClient."""
         import kubernetes.client
         kubernetes.client.Configuration.set_default(self.client_configuration())
+
+    @contextlib.contextmanager
+    def use_as_default(self) -> Iterator['KubeEmulator']:
+        """
+        Point the process-wide defaults at this emulator for the duration:
+        ``$KUBECONFIG``, ``kubernetes.config``'s default kubeconfig location
+        (frozen at import, so ``load_kube_config()`` would miss ``$KUBECONFIG``),
+        and ``kubernetes.client.Configuration``'s default (``CoreV1Api()`` etc.).
+        Everything is restored on exit.
+        """
+        import kubernetes.client
+        import kubernetes.config.kube_config as kube_config
+        saved_env = os.environ.get('KUBECONFIG')
+        saved_location = kube_config.KUBE_CONFIG_DEFAULT_LOCATION
+        saved_default = kubernetes.client.Configuration.get_default_copy()
+        os.environ['KUBECONFIG'] = self.kubeconfig_path
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = self.kubeconfig_path
+        kubernetes.client.Configuration.set_default(self.client_configuration())
+        try:
+            yield self
+        finally:
+            if saved_env is None:
+                os.environ.pop('KUBECONFIG', None)
+            else:
+                os.environ['KUBECONFIG'] = saved_env
+            kube_config.KUBE_CONFIG_DEFAULT_LOCATION = saved_location
+            kubernetes.client.Configuration.set_default(saved_default)
 
     def connection_info(self, default_namespace: str | None = 'default') -> Any:
         """A ``kopf.ConnectionInfo`` for this emulator (e.g. to return from ``@kopf.on.login``)."""
