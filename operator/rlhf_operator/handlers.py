@@ -175,12 +175,13 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
         settings.posting.level = logging.INFO
         settings.execution.max_workers = cfg.max_workers
         if cfg.webhook_cert_dir:
-            settings.admission.server = kopf.WebServer(
+            settings.admission.server = kopf.WebhookServer(
                 addr="0.0.0.0", port=cfg.webhook_port,
                 certfile=os.path.join(cfg.webhook_cert_dir, "tls.crt"),
                 pkeyfile=os.path.join(cfg.webhook_cert_dir, "tls.key"),
             )
             settings.admission.managed = None  # the Helm chart owns the webhook configuration
+        kube()  # connect (and import the client's API modules) before the first job arrives
         if cfg.health_port:
             from .health import start_health_server
 

@@ -22,9 +22,9 @@ def run_operator(namespaces: Sequence[str] = (), all_namespaces: bool = False, v
                  config: Optional[OperatorConfig] = None) -> int:
     cfg = config or CONFIG
     watched = list(namespaces) or ([] if all_namespaces else cfg.namespaces)
-    logging.basicConfig(level=logging.DEBUG if verbose else getattr(logging, cfg.log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kopf.configure(verbose=verbose)
+    if not verbose:
+        logging.getLogger().setLevel(getattr(logging, cfg.log_level.upper(), logging.INFO))
     kopf.run(
         clusterwide=not watched,
         namespaces=watched,
