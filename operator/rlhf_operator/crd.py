@@ -77,6 +77,12 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
         node[_OPTIONAL] = True
         return node
 
+    # JSON Schema 2020-12 writes exclusive bounds as numbers; OpenAPI v3.0 (what the API
+    # server speaks) as a boolean flag on minimum/maximum.
+    for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if isinstance(node.get(flag), (int, float)) and not isinstance(node.get(flag), bool):
+            node[bound] = node.pop(flag)
+            node[flag] = True
     if "const" in node:
         node["enum"] = [node.pop("const")]
     if "enum" in node and "type" not in node:

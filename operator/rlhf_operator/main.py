@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from typing import Optional, Sequence
 
 import kopf
@@ -30,6 +31,8 @@ def run_operator(namespaces: Sequence[str] = (), all_namespaces: bool = False, v
         namespaces=watched,
         standalone=cfg.peering is None,
         peering_name=cfg.peering,
-        priority=int(os.environ.get("RLHF_PEERING_PRIORITY", "0")),
+        # Replicas of one Deployment cannot be given distinct priorities, and kopf pauses every
+        # peer that ties for the top one: without an explicit priority, pick a random one.
+        priority=int(os.environ.get("RLHF_PEERING_PRIORITY") or random.randint(1, 2**31)),
     )
     return 0

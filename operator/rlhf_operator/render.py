@@ -100,9 +100,10 @@ def rayjob_name(job_name: str) -> str:
 
 
 def labels(job: RLHFJob, component: str) -> dict[str, str]:
+    # No app.kubernetes.io/instance: Argo CD's label tracking reads that label, and an Argo
+    # application that shares the job's name would claim (and prune) these children.
     return {
         "app.kubernetes.io/name": "rlhf-job",
-        "app.kubernetes.io/instance": job.metadata.name,
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/part-of": "rlhf-operator",
         "app.kubernetes.io/managed-by": "rlhf-operator",

@@ -31,6 +31,13 @@ def test_crd_is_a_structural_schema():
         assert forbidden not in text
 
 
+def test_crd_is_a_valid_apiextensions_v1_object():
+    from k8s_schemas import core_errors
+
+    assert core_errors(crd.crd()) == []
+    assert "exclusiveMinimum: 0" not in COMMITTED.read_text()  # OpenAPI v3.0 wants a boolean
+
+
 def test_crd_names_and_subresources():
     c = crd.crd()
     assert c["metadata"]["name"] == "rlhfjobs.rlhf.dev"

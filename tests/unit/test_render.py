@@ -44,8 +44,9 @@ def test_every_object_is_owned_by_the_job_and_labelled():
         assert owner == {"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFJob", "name": "demo", "uid": UID,
                          "controller": True, "blockOwnerDeletion": True}
         labels = obj["metadata"]["labels"]
-        assert labels["app.kubernetes.io/instance"] == "demo"
+        assert labels["rlhf.dev/job-name"] == "demo"
         assert labels["app.kubernetes.io/managed-by"] == "rlhf-operator"
+        assert "app.kubernetes.io/instance" not in labels  # Argo CD label tracking would claim it
 
 
 def test_code_snapshot_name_follows_content():

@@ -1,0 +1,1 @@
+../../../docs/argocd-health.lua
