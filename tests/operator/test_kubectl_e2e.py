@@ -72,3 +72,26 @@ def test_kubectl_configmap_reward_and_describe_events(kube, main_module_env):
                               "jsonpath={.items[*].reason}", namespace=NS).stdout.split()
         assert "RayJobCreated" in events
     assert runner.exit_code == 0, runner.output
+
+
+@pytest.mark.parametrize("command", [
+    [sys.executable, "-m", "rlhf_operator.cli", "operator", "--namespace", NS],
+    [str(Path(sys.executable).parent / "kopf"), "run", "-m", "rlhf_operator", "--standalone", "--namespace", NS],
+], ids=["rlhf-operator", "kopf-run-m"])
+def test_operator_commands_run_as_processes(kube, command):
+    import os
+    import signal
+    import subprocess
+
+    if not Path(command[0]).exists():
+        pytest.skip(f"{command[0]} is not installed")
+    kube.create_namespace(NS)
+    env = {**os.environ, "KUBECONFIG": kube.kubeconfig_path, "RLHF_HEALTH_PORT": "0"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        kube.kubectl("apply", "--validate=false", "-f", str(ROOT / "examples" / "remote-reward" / "job.yaml"), namespace=NS)
+        assert kube.wait_for(lambda: kube.get("ray.io/v1/rayjobs", "remote-judge", NS), timeout=30)
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
