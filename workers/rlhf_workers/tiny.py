@@ -69,7 +69,7 @@ def make_tiny_model(
     num_heads: int = 2,
     num_kv_heads: int = 1,
     intermediate_size: int = 128,
-    max_position_embeddings: int = 1024,
+    max_position_embeddings: int = 2048,
     seed: int = 0,
 ) -> Path:
     """Write a random-init Llama causal LM and its byte-level tokenizer to ``directory``.
@@ -107,7 +107,13 @@ def make_tiny_model(
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.float32)
     model.generation_config = GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
-    model.save_pretrained(directory, safe_serialization=True)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(directory, safe_serialization=True)
+    finally:
+        hf_logging.enable_progress_bar()
     make_tokenizer().save_pretrained(directory)
     (directory / "README.md").write_text(
         "A tiny random-init Llama with a byte-level tokenizer, made by rlhf_workers.tiny.make_tiny_model.\n"

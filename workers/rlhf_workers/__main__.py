@@ -1,0 +1,69 @@
+"""In-cluster entrypoint of the RayJob: ``python -m rlhf_workers --config /etc/rlhf/config/worker.yaml``.
+
+Reads the :class:`~rlhf_operator.workerconfig.WorkerConfig` the operator mounted, joins the
+Ray cluster KubeRay started (``ray.init(address="auto")``; a local Ray when there is none),
+serves the progress endpoint on ``progress_port`` and runs the training loop. Exit code 0 when
+training finished, 1 when it failed (the reason is the last log line and the progress
+endpoint's ``message``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from rlhf_operator.workerconfig import CONFIG_DIR, CONFIG_FILE, WorkerConfig
+
+    parser = argparse.ArgumentParser(prog="python -m rlhf_workers", description="Run an RLHFJob's training loop.")
+    parser.add_argument("--config", default=os.environ.get("RLHF_CONFIG", f"{CONFIG_DIR}/{CONFIG_FILE}"),
+                        help="the worker config (default: $RLHF_CONFIG or %(default)s)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    args = parser.parse_args(argv)
+
+    config = WorkerConfig.load(args.config)
+    logging.basicConfig(level=config.spec.logging.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("rlhf_workers")
+    for key, value in {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}.items():
+        os.environ.setdefault(key, value)
+
+    import ray
+
+    from .metrics import ProgressServer
+    from .train import LogReporter, train
+
+    progress = ProgressServer(config.progress_port)  # up before Ray, so the operator sees "starting"
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        try:
+            ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), logging_level=logging.WARNING)
+        except ConnectionError:
+            log.warning("no Ray cluster to join; starting a local one")
+            ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        result = train(config, max_steps=args.max_steps, reporter=LogReporter(), progress=progress)
+    except Exception as exc:  # noqa: BLE001 - the job fails with a readable reason
+        log.error("training failed: %s: %s", type(exc).__name__, exc, exc_info=not _user_fault(exc))
+        return 1
+    finally:
+        if own_ray:
+            ray.shutdown()
+        progress.close()
+    log.info("finished %d steps; final model in %s", result.steps, result.final_model)
+    return 0
+
+
+def _user_fault(exc: BaseException) -> bool:
+    from .agent import AgentError
+    from .data import DataError
+    from .reward import RewardError
+
+    return isinstance(exc, (RewardError, AgentError, DataError, NotImplementedError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,422 @@
+"""The Ray side: worker actors per role, placed with a placement group, and the driver's handles on them.
+
+Roles: ``engine`` (rollout), ``policy`` (a DeepSpeed trainer rank), ``ref`` (reference model,
+when KL is on), ``critic`` (for ``gae``), plus reward workers. One actor class,
+:class:`RoleWorker`, hosts any set of roles, so the two placements are just two groupings:
+
+* **colocated** (hybrid engine; the default when everything fits one machine): ``trainers``
+  workers, each holding a rollout engine, a policy rank, and the reference/critic when
+  needed. Rollouts are split over the workers; weights move in memory.
+* **distributed**: ``rollout.engines`` engine workers, ``trainers`` policy workers, a reference
+  worker and ``trainers`` critic workers, each its own process (its own GPU on a cluster);
+  weights move through :mod:`rlhf_workers.weight_sync`.
+
+Reward workers (:class:`RewardWorker`) load the user's reward once per worker and score
+batches; faults come back as :class:`~rlhf_workers.reward.RewardError` with the sample index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import ray
+import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from rlhf_operator.spec import RLHFJobSpec
+
+from .batch import MicroBatch
+from .reward import (LocalFunctionReward, RemoteReward, RewardContractError, RewardError, RewardFunctionError,
+                     RewardModelReward, RewardResult)
+from .rollout import Generation, SamplingConfig, make_engine
+from .weight_sync import ColocatedSync, ObjectStoreSync, WeightSync
+
+logger = logging.getLogger(__name__)
+
+#: Environment every worker process gets (vLLM in-process, quiet tokenizers).
+WORKER_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
+}
+PLACEMENT_TIMEOUT_S = float(os.environ.get("RLHF_PLACEMENT_TIMEOUT_S", "900"))
+
+
+# --------------------------------------------------------------------------- worker actor
+
+
+class RoleWorker:
+    """One process hosting some of: rollout engine, policy rank, reference model, critic rank."""
+
+    def __init__(self, spec: dict, roles: Sequence[str], *, rank: int = 0, world_size: int = 1,
+                 threads: Optional[int] = None, engine_seed: int = 0, total_optimizer_steps: int = 1,
+                 max_model_len: int = 2048):
+        if threads and not torch.cuda.is_available():
+            torch.set_num_threads(threads)  # before vLLM starts: it pins the thread count afterwards
+        self.spec = RLHFJobSpec.model_validate(spec)
+        self.roles = set(roles)
+        self.rank, self.world_size = rank, world_size
+        self.engine_seed = engine_seed
+        self.total_optimizer_steps = total_optimizer_steps
+        self.max_model_len = max_model_len
+        self.engine = self.policy = self.ref = self.critic = None
+
+    def address(self) -> tuple[str, int]:
+        """Where rank 0 listens for the DeepSpeed world (this node's IP and a free port)."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+    def setup(self, master: Optional[tuple[str, int]] = None) -> dict:
+        from .trainer import CriticTrainer, PolicyTrainer, ReferenceModel, init_distributed
+
+        spec, started = self.spec, time.perf_counter()
+        if self.roles & {"policy", "critic"}:
+            init_distributed(self.rank, self.world_size, *master)
+        if "policy" in self.roles:
+            self.policy = PolicyTrainer(spec.model.path, spec, total_optimizer_steps=self.total_optimizer_steps,
+                                        world_size=self.world_size)
+        if "critic" in self.roles:
+            self.critic = CriticTrainer(spec.model.critic_path or spec.model.path, spec,
+                                        total_optimizer_steps=self.total_optimizer_steps, world_size=self.world_size)
+        if "ref" in self.roles:
+            self.ref = ReferenceModel(spec.model.path, spec)
+        if "engine" in self.roles:
+            rollout = spec.rollout
+            if self.policy is not None and torch.cuda.is_available():
+                # Sharing the GPU with a trainer: leave it room (verl/OpenRLHF sleep the engine instead).
+                rollout = rollout.model_copy(update={"gpu_memory_utilization": min(rollout.gpu_memory_utilization, 0.5)})
+            dtype = torch.bfloat16 if spec.training.bf16 and torch.cuda.is_available() else torch.float32
+            self.engine = make_engine(rollout.backend, spec.model.path, rollout_spec=rollout, model_spec=spec.model,
+                                      seed=self.engine_seed, max_model_len=self.max_model_len, dtype=dtype)
+        return {"roles": sorted(self.roles), "rank": self.rank, "seconds": time.perf_counter() - started,
+                "threads": torch.get_num_threads(), "pid": os.getpid()}
+
+    # rollout
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[Generation]]:
+        return self.engine.generate(prompts, sampling)
+
+    def load_engine_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+        self.engine.load_weights(weights)
+
+    def sync_colocated_engine(self) -> None:
+        self.engine.load_weights(self.policy.iter_weights())
+
+    def gather_weights(self, send: bool) -> Optional[list[tuple[str, torch.Tensor]]]:
+        weights = [(name, t.cpu()) if send else None for name, t in self.policy.iter_weights(clone=send)]
+        return weights if send else None
+
+    # forward passes
+    def policy_logprobs(self, mbs: list[MicroBatch]) -> list[torch.Tensor]:
+        return self.policy.logprobs(mbs)
+
+    def ref_logprobs(self, mbs: list[MicroBatch]) -> list[torch.Tensor]:
+        return self.ref.logprobs(mbs)
+
+    def critic_values(self, mbs: list[MicroBatch]) -> list[torch.Tensor]:
+        return self.critic.values(mbs)
+
+    # updates
+    def train_policy(self, steps: list[list[MicroBatch]]) -> dict[str, float]:
+        return self.policy.train(steps)
+
+    def train_critic(self, steps: list[list[MicroBatch]]) -> dict[str, float]:
+        return self.critic.train(steps)
+
+    # checkpoints
+    def save_checkpoint(self, directory: str, tag: str) -> None:
+        if self.policy is not None:
+            self.policy.save_checkpoint(os.path.join(directory, "policy"), tag)
+        if self.critic is not None:
+            self.critic.save_checkpoint(os.path.join(directory, "critic"), tag)
+
+    def load_checkpoint(self, directory: str, tag: str) -> None:
+        if self.policy is not None:
+            self.policy.load_checkpoint(os.path.join(directory, "policy"), tag)
+        if self.critic is not None:
+            self.critic.load_checkpoint(os.path.join(directory, "critic"), tag)
+
+    def save_hf(self, directory: str) -> None:
+        self.policy.save_hf(directory)
+
+
+# --------------------------------------------------------------------------- reward actor
+
+
+class RewardWorker:
+    """Loads the reward (function file, server client or reward model) once and scores batches."""
+
+    def __init__(self, kind: str, options: dict):
+        self.kind, self.options = kind, options
+        self.executor = None
+
+    def setup(self) -> Optional[dict]:
+        try:
+            if self.kind == "function":
+                self.executor = LocalFunctionReward(self.options["path"])
+            elif self.kind == "remote":
+                self.executor = RemoteReward(**self.options)
+            else:
+                self.executor = RewardModelReward(**self.options)
+        except RewardError as exc:
+            return _fault(exc)
+        return None
+
+    def score(self, queries: list[str], prompts: list[str], labels: list) -> dict:
+        try:
+            result = self.executor.score(queries, prompts, labels)
+        except RewardFunctionError as exc:
+            return _fault(exc, _first_failing_sample(self.executor, queries, prompts, labels))
+        except RewardError as exc:
+            return _fault(exc)
+        return {"rewards": result.rewards, "scores": result.scores, "extra_logs": result.extra_logs,
+                "warnings": result.warnings}
+
+
+def _fault(exc: RewardError, sample: Optional[int] = None) -> dict:
+    index = exc.sample_index if exc.sample_index is not None else sample
+    return {"error": exc.message, "type": type(exc).__name__, "sample_index": index}
+
+
+def _first_failing_sample(executor, queries, prompts, labels, limit: int = 256) -> Optional[int]:
+    """Which sample makes a raising reward_func raise: call it on samples one by one (bounded)."""
+    for i in range(min(len(queries), limit)):
+        try:
+            executor.score(queries[i:i + 1], prompts[i:i + 1], labels[i:i + 1])
+        except RewardFunctionError:
+            return i
+        except RewardError:
+            continue
+    return None
+
+
+class RewardPool:
+    """The driver's view of the reward workers: one batch in, validated rewards out."""
+
+    def __init__(self, workers: Sequence[ray.actor.ActorHandle]):
+        self.workers = list(workers)
+        for fault in ray.get([w.setup.remote() for w in self.workers]):
+            if fault:
+                raise _as_error(fault, None)
+
+    def score(self, queries: list[str], prompts: list[str], labels: list) -> RewardResult:
+        chunks = split_evenly(list(range(len(queries))), len(self.workers))
+        refs = [w.score.remote([queries[i] for i in c], [prompts[i] for i in c], [labels[i] for i in c])
+                for w, c in zip(self.workers, chunks) if c]
+        parts = []
+        for chunk, out in zip([c for c in chunks if c], ray.get(refs)):
+            if "error" in out:
+                raise _as_error(out, chunk[0], prompts)
+            parts.append(RewardResult(rewards=out["rewards"], scores=out["scores"], extra_logs=out["extra_logs"],
+                                      warnings=out["warnings"]))
+        return RewardResult.concat(parts)
+
+
+def _as_error(fault: dict, offset: Optional[int], prompts: Optional[list[str]] = None) -> RewardError:
+    index = fault.get("sample_index")
+    message = fault["error"]
+    if index is not None and offset is not None:
+        index += offset
+        if fault["type"] == "RewardFunctionError":
+            prompt = prompts[index] if prompts else ""
+            message += f"\nThe first sample that makes it raise on its own is sample {index} (prompt {prompt[:80]!r})."
+    cls = RewardContractError if fault["type"] == "RewardContractError" else RewardError
+    return cls(message, sample_index=index)
+
+
+def split_evenly(items: list, parts: int) -> list[list]:
+    """``parts`` contiguous chunks whose sizes differ by at most one."""
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for k in range(parts):
+        stop = start + size + (1 if k < extra else 0)
+        out.append(items[start:stop])
+        start = stop
+    return out
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+def resolve_placement(spec: RLHFJobSpec) -> str:
+    """``cluster.placement``, with ``auto`` = colocated when one machine does all the compute."""
+    placement = spec.cluster.placement
+    if placement != "auto":
+        return placement
+    if spec.rollout.tensor_parallel_size > 1:
+        return "distributed"
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    use_gpus = any(n["Resources"].get("GPU", 0) > 0 for n in nodes)
+    compute = [n for n in nodes if n["Resources"].get("GPU" if use_gpus else "CPU", 0) > 0]
+    return "colocated" if len(compute) <= 1 else "distributed"
+
+
+@dataclass
+class WorkerPlan:
+    roles: tuple[str, ...]
+    rank: int = 0  #: rank in its DeepSpeed world (policy/critic), else 0
+    world: str = ""  #: which DeepSpeed world: "train" (policy, or policy+critic colocated), "critic", or ""
+    gpus: float = 0.0
+
+
+def plan_workers(spec: RLHFJobSpec, placement: str, use_gpus: bool) -> list[WorkerPlan]:
+    """Which processes to start and what each hosts."""
+    trainers = spec.training.trainers
+    kl_on = spec.algorithm.kl.coef > 0
+    critic_on = spec.algorithm.advantage_estimator == "gae"
+    gpu = 1.0 if use_gpus else 0.0
+    if placement == "colocated":
+        if spec.rollout.engines != trainers:
+            logger.info("colocated placement: one rollout engine per trainer (%d); rollout.engines=%d is not used",
+                        trainers, spec.rollout.engines)
+        roles = ("engine", "policy") + (("ref",) if kl_on else ()) + (("critic",) if critic_on else ())
+        return [WorkerPlan(roles, rank=r, world="train", gpus=gpu) for r in range(trainers)]
+    plans = [WorkerPlan(("engine",), gpus=gpu * spec.rollout.tensor_parallel_size) for _ in range(spec.rollout.engines)]
+    plans += [WorkerPlan(("policy",), rank=r, world="train", gpus=gpu) for r in range(trainers)]
+    if kl_on:
+        plans.append(WorkerPlan(("ref",), gpus=gpu))
+    if critic_on:
+        plans += [WorkerPlan(("critic",), rank=r, world="critic", gpus=gpu) for r in range(trainers)]
+    return plans
+
+
+def required_cpus(spec: RLHFJobSpec, placement: str) -> int:
+    """Logical CPUs the workers ask Ray for on a CPU-only machine (one each)."""
+    return len(plan_workers(spec, placement, use_gpus=False))
+
+
+@dataclass
+class Cluster:
+    """Handles on the started workers, grouped by role (a worker may appear in several groups)."""
+
+    placement: str
+    workers: list = field(default_factory=list)
+    engines: list = field(default_factory=list)
+    policy: list = field(default_factory=list)
+    ref: list = field(default_factory=list)
+    critic: list = field(default_factory=list)
+    rewards: Optional[RewardPool] = None
+    weight_sync: Optional[WeightSync] = None
+    setup_info: list = field(default_factory=list)
+    _pg: Any = None
+    _reward_actors: list = field(default_factory=list)
+
+    @classmethod
+    def start(cls, spec: RLHFJobSpec, *, placement: str, reward: Optional[tuple[str, dict]], total_optimizer_steps: int,
+              max_model_len: int, threads: Optional[int] = None, reward_workers: int = 1) -> "Cluster":
+        use_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        plans = plan_workers(spec, placement, use_gpus)
+        cluster = cls(placement=placement)
+        bundles = [{"CPU": 1, **({"GPU": p.gpus} if p.gpus else {})} for p in plans]
+        cluster._pg = placement_group(bundles, strategy="PACK")
+        if not cluster._pg.wait(timeout_seconds=PLACEMENT_TIMEOUT_S):
+            remove_placement_group(cluster._pg)
+            raise RuntimeError(
+                f"Ray could not place the workers within {PLACEMENT_TIMEOUT_S:.0f}s: they need {bundles}"
+                f" and the cluster has {ray.cluster_resources()}")
+        # spec.cluster.env reaches every pod on Kubernetes; give it to every worker process too (local runs).
+        env = {"env_vars": {**WORKER_ENV, **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
+                            **{e.name: e.value for e in spec.cluster.env}}}
+        payload = spec.model_dump(mode="json")
+        worlds: dict[str, list] = {}
+        engine_index = 0
+        for i, plan in enumerate(plans):
+            world_size = sum(1 for p in plans if p.world == plan.world) if plan.world else 1
+            actor = ray.remote(RoleWorker).options(
+                num_cpus=1, num_gpus=plan.gpus, runtime_env=env, max_concurrency=1,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(cluster._pg, placement_group_bundle_index=i),
+            ).remote(payload, plan.roles, rank=plan.rank, world_size=world_size, threads=threads,
+                     engine_seed=spec.training.seed + engine_index, total_optimizer_steps=total_optimizer_steps,
+                     max_model_len=max_model_len)
+            engine_index += "engine" in plan.roles
+            cluster.workers.append(actor)
+            if plan.world:
+                worlds.setdefault(plan.world, []).append(actor)
+            for role in plan.roles:
+                getattr(cluster, {"engine": "engines", "policy": "policy", "ref": "ref", "critic": "critic"}[role]).append(actor)
+        # Each DeepSpeed world meets at its rank 0; all workers start in parallel.
+        masters = {name: ray.get(members[0].address.remote()) for name, members in worlds.items()}
+        setup = []
+        for plan, actor in zip(plans, cluster.workers):
+            setup.append(actor.setup.remote(masters.get(plan.world)))
+        if reward is not None:  # agents score their own episodes
+            kind, options = reward
+            cluster._reward_actors = [
+                ray.remote(RewardWorker).options(num_cpus=0, runtime_env=env).remote(kind, options)
+                for _ in range(reward_workers)
+            ]
+        try:
+            cluster.setup_info = ray.get(setup)
+            if cluster._reward_actors:
+                cluster.rewards = RewardPool(cluster._reward_actors)
+        except BaseException:
+            cluster.shutdown()
+            raise
+        if placement == "colocated":
+            cluster.weight_sync = ColocatedSync(cluster.workers)
+        else:
+            cluster.weight_sync = ObjectStoreSync(cluster.policy, cluster.engines)
+        return cluster
+
+    # ---- rollout
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[Generation]]:
+        """Responses for each prompt, in order; prompts are split evenly over the engines."""
+        return [g for part in ray.get(self._generate_refs(prompts, sampling)) for g in part]
+
+    async def generate_async(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[Generation]]:
+        parts = await asyncio.gather(*self._generate_refs(prompts, sampling))
+        return [g for part in parts for g in part]
+
+    def _generate_refs(self, prompts, sampling) -> list:
+        chunks = split_evenly(prompts, len(self.engines))
+        return [e.generate.remote(c, sampling) for e, c in zip(self.engines, chunks) if c]
+
+    # ---- forward passes and updates, one list of micro-batches per worker of the role
+    def forward(self, role: str, per_worker: list[list[MicroBatch]]) -> list[list[torch.Tensor]]:
+        group = {"policy": self.policy, "ref": self.ref, "critic": self.critic}[role]
+        method = {"policy": "policy_logprobs", "ref": "ref_logprobs", "critic": "critic_values"}[role]
+        return ray.get([getattr(w, method).remote(mbs) for w, mbs in zip(group, per_worker)])
+
+    def train(self, role: str, per_worker: list[list[list[MicroBatch]]]) -> list[dict[str, float]]:
+        group = self.policy if role == "policy" else self.critic
+        method = "train_policy" if role == "policy" else "train_critic"
+        return ray.get([getattr(w, method).remote(steps) for w, steps in zip(group, per_worker)])
+
+    # ---- checkpoints
+    def save_checkpoint(self, directory: str, tag: str) -> None:
+        ray.get([w.save_checkpoint.remote(directory, tag) for w in self._trainer_workers()])
+
+    def load_checkpoint(self, directory: str, tag: str) -> None:
+        ray.get([w.load_checkpoint.remote(directory, tag) for w in self._trainer_workers()])
+
+    def save_hf(self, directory: str) -> None:
+        ray.get([w.save_hf.remote(directory) for w in self.policy])
+
+    def _trainer_workers(self) -> list:
+        seen, out = set(), []
+        for w in self.policy + self.critic:
+            if w._actor_id not in seen:
+                seen.add(w._actor_id)
+                out.append(w)
+        return out
+
+    def shutdown(self) -> None:
+        for actor in self.workers + self._reward_actors:
+            try:
+                ray.kill(actor)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        if self._pg is not None:
+            try:
+                remove_placement_group(self._pg)
+            except Exception:  # noqa: BLE001
+                pass
+            self._pg = None
