@@ -12,9 +12,11 @@ call them, and write.
 
 from __future__ import annotations
 
-import json
+import asyncio
+import contextvars
 import logging
 import os
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -26,11 +28,13 @@ from . import status as st
 from .kube import Kube, NotOwned, api_client
 from .progress import PROGRESS_PORT, ProgressReport
 from .render import JOB_LABEL, RenderOptions, code_configmap_name, code_refs, rayjob_name, render
-from .spec import GROUP, KIND, PLURAL, TERMINAL_PHASES, VERSION, Phase, RLHFJob, check_agent_source, check_reward_source, immutable_changes
+from .spec import (GROUP, KIND, MUTABLE_FIELDS, PLURAL, TERMINAL_PHASES, VERSION, Phase, RLHFJob, _snake,
+                   check_agent_source, check_reward_source, immutable_changes)
 from .validation import FieldError, InvalidJob, parse_job, parse_spec
 from .workerconfig import AGENT_FILE, REWARD_FILE
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "rlhf-operator"}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,6 +47,7 @@ class OperatorConfig:
     stall_seconds: float = 600.0
     progress_url: str = "http://{cluster}-head-svc.{namespace}.svc:{port}/progress"
     progress_timeout: float = 5.0
+    resync_interval: float = 60.0
     code_retry_seconds: float = 30.0
     kubeconfig: Optional[str] = None
     log_level: str = "INFO"
@@ -62,6 +67,7 @@ class OperatorConfig:
         cfg.progress_interval = float(env.get("RLHF_PROGRESS_INTERVAL_SECONDS") or cfg.progress_interval)
         cfg.stall_seconds = float(env.get("RLHF_STALL_SECONDS") or cfg.stall_seconds)
         cfg.progress_url = env.get("RLHF_PROGRESS_URL") or cfg.progress_url
+        cfg.resync_interval = float(env.get("RLHF_RESYNC_SECONDS") or cfg.resync_interval)
         cfg.kubeconfig = env.get("RLHF_KUBECONFIG") or None
         cfg.log_level = env.get("RLHF_LOG_LEVEL") or cfg.log_level
         port = env.get("RLHF_HEALTH_PORT")
@@ -196,9 +202,14 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
 
     # ------------------------------------------------------------------ launch
 
+    def write_status(namespace: str, name: str, change) -> Optional[dict[str, Any]]:
+        """All status writes go through here: computed from the freshest object, resourceVersion-guarded,
+        so a handler working from an older snapshot never overwrites what another one wrote."""
+        return kube().update_rlhfjob_status(namespace, name, change)
+
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-    def launch(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch,
+    def launch(body: kopf.Body, meta: kopf.Meta, status: kopf.Status,
                namespace: str, name: str, uid: str, logger: kopf.Logger, **_: Any) -> None:
         current = dict(status)
         generation = meta.get("generation")
@@ -206,12 +217,23 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
         if current.get("phase") in TERMINAL_PHASES:
             return  # never relaunch a finished job, even if its RayJob is gone
 
+        def set_validated(ok: bool, reason: str, message: str, phase: Optional[str] = None):
+            def change(job: dict[str, Any]) -> dict[str, Any]:
+                fresh = job.get("status") or {}
+                fields: dict[str, Any] = {
+                    "conditions": st.set_condition(list(fresh.get("conditions") or []), st.VALIDATED, ok, reason,
+                                                   message, generation),
+                    "observedGeneration": generation,
+                }
+                if phase is not None and fresh.get("phase") in (None, Phase.Pending.value):
+                    fields.update(phase=phase, reason=reason, message=message)
+                return fields
+            write_status(namespace, name, change)
+
         def fail(reason: str, message: str) -> None:
             metrics.validation_failures += 1
             metrics.phases[(namespace, name)] = Phase.Failed.value
-            conditions = st.set_condition(list(current.get("conditions") or []), st.VALIDATED, False, reason, message, generation)
-            patch.status.update(phase=Phase.Failed.value, reason=reason, message=message, conditions=conditions,
-                                observedGeneration=generation)
+            set_validated(False, reason, message, Phase.Failed.value)
             kopf.warn(body, reason=reason, message=message[:1024])
 
         try:
@@ -226,12 +248,9 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
             raise kopf.PermanentError(f"invalid RLHFJob: {exc}")
         except CodeUnavailable as exc:
             message = f"{exc}; retrying every {int(cfg.code_retry_seconds)} s"
-            conditions = st.set_condition(list(current.get("conditions") or []), st.VALIDATED, False,
-                                          st.CODE_NOT_FOUND, message, generation)
             if current.get("reason") != st.CODE_NOT_FOUND:
                 kopf.warn(body, reason=st.CODE_NOT_FOUND, message=message[:1024])
-            patch.status.update(phase=Phase.Pending.value, reason=st.CODE_NOT_FOUND, message=message,
-                                conditions=conditions, observedGeneration=generation)
+            set_validated(False, st.CODE_NOT_FOUND, message, Phase.Pending.value)
             raise kopf.TemporaryError(str(exc), delay=cfg.code_retry_seconds)
 
         objects = render(job, sources, options)
@@ -246,19 +265,28 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
 
         rayjob = objects[-1]
         code_hash = (rayjob["metadata"].get("annotations") or {}).get("rlhf.dev/code-hash")
-        conditions = st.set_condition(list(current.get("conditions") or []), st.VALIDATED, True, "Valid",
-                                      "spec is valid and the Ray job is launched", generation)
-        update = {"rayJobName": rayjob["metadata"]["name"], "observedGeneration": generation, "conditions": conditions}
-        if code_hash:
-            update["codeHash"] = code_hash
-        if not current.get("phase") or current.get("reason") == st.CODE_NOT_FOUND:
-            suspended = bool(rayjob["spec"].get("suspend"))
-            update.update(phase=Phase.Suspended.value if suspended else Phase.Pending.value,
-                          reason="WaitingForAdmission" if suspended and not job.spec.suspend else
-                          ("Suspended" if suspended else st.RAYJOB_CREATED),
-                          message="RayJob created" + (" suspended" if suspended else ""))
-        patch.status.update(update)
-        if "RayJob" in " ".join(created):
+        suspended = bool(rayjob["spec"].get("suspend"))
+
+        def launched(fresh_job: dict[str, Any]) -> dict[str, Any]:
+            fresh = fresh_job.get("status") or {}
+            fields: dict[str, Any] = {
+                "rayJobName": rayjob["metadata"]["name"], "observedGeneration": generation,
+                "conditions": st.set_condition(list(fresh.get("conditions") or []), st.VALIDATED, True, "Valid",
+                                               "spec is valid and the Ray job is launched", generation),
+            }
+            if code_hash:
+                fields["codeHash"] = code_hash
+            # Only a job that has not moved on yet gets its first phase; the RayJob mirror owns it after.
+            if not fresh.get("phase") or fresh.get("reason") == st.CODE_NOT_FOUND:
+                if suspended:
+                    reason = "Suspended" if job.spec.suspend else "WaitingForAdmission"
+                    fields.update(phase=Phase.Suspended.value, reason=reason, message="RayJob created suspended")
+                else:
+                    fields.update(phase=Phase.Pending.value, reason=st.RAYJOB_CREATED, message="RayJob created")
+            return fields
+
+        write_status(namespace, name, launched)
+        if any(c.startswith("RayJob ") for c in created):
             metrics.rayjobs_created += 1
             kopf.info(body, reason=st.RAYJOB_CREATED, message=f"created {', '.join(created)}")
             logger.info("created %s", ", ".join(created))
@@ -267,37 +295,48 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
 
     @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)
     def spec_changed(body: kopf.Body, old: Optional[dict], new: Optional[dict], meta: kopf.Meta, status: kopf.Status,
-                     patch: kopf.Patch, namespace: str, name: str, **_: Any) -> None:
+                     namespace: str, name: str, **_: Any) -> None:
         generation = meta.get("generation")
-        conditions = list(status.get("conditions") or [])
         try:
-            old_spec, new_spec = parse_spec(old or {}), parse_spec(new or {})
+            new_spec = parse_spec(new or {})
         except InvalidJob as exc:
             message = f"the edited spec is invalid and was not applied: {exc}"
-            patch.status["conditions"] = st.set_condition(conditions, st.VALIDATED, False, st.VALIDATION_FAILED, message, generation)
             kopf.warn(body, reason=st.VALIDATION_FAILED, message=message[:1024])
+            write_status(namespace, name, lambda job: {"conditions": st.set_condition(
+                list((job.get("status") or {}).get("conditions") or []), st.VALIDATED, False, st.VALIDATION_FAILED,
+                message, generation)})
             return
+        try:
+            old_spec = parse_spec(old or {})
+        except InvalidJob:
+            return  # the job never launched (launch reported why); nothing to carry over to a RayJob
         frozen = immutable_changes(old_spec, new_spec)
         if frozen:
             message = f"{', '.join(frozen)} cannot change on an existing job and was not applied; create a new RLHFJob"
             kopf.warn(body, reason=st.SPEC_IMMUTABLE, message=message)
-            patch.status["conditions"] = st.set_condition(conditions, st.VALIDATED, False, st.SPEC_IMMUTABLE, message, generation)
-        elif st.get_condition(conditions, st.VALIDATED) and st.get_condition(conditions, st.VALIDATED)["status"] == "False":
-            patch.status["conditions"] = st.set_condition(conditions, st.VALIDATED, True, "Valid", "spec is valid", generation)
+            verdict = (False, st.SPEC_IMMUTABLE, message)
+        else:
+            verdict = (True, "Valid", "spec is valid")
 
         rayjob_patch: dict[str, Any] = {}
-        if old_spec.suspend != new_spec.suspend:
-            rayjob_patch["suspend"] = new_spec.suspend
-        for attr, key in (("active_deadline_seconds", "activeDeadlineSeconds"), ("backoff_limit", "backoffLimit"),
-                          ("ttl_seconds_after_finished", "ttlSecondsAfterFinished")):
-            if getattr(old_spec, attr) != getattr(new_spec, attr):
-                rayjob_patch[key] = getattr(new_spec, attr)
+        for attr in MUTABLE_FIELDS:
+            python_name = _snake(attr)
+            if getattr(old_spec, python_name) != getattr(new_spec, python_name):
+                rayjob_patch[attr] = getattr(new_spec, python_name)
         if rayjob_patch and status.get("rayJobName"):
             kube().patch_rayjob(namespace, status["rayJobName"], {"spec": rayjob_patch})
             if "suspend" in rayjob_patch:
                 verb = "Suspending" if new_spec.suspend else "Resuming"
                 kopf.info(body, reason=verb, message=f"{verb.lower()} RayJob {status['rayJobName']}")
-        patch.status["observedGeneration"] = generation
+
+        def change(job: dict[str, Any]) -> dict[str, Any]:
+            conditions = list((job.get("status") or {}).get("conditions") or [])
+            validated = st.get_condition(conditions, st.VALIDATED)
+            if frozen or (validated is not None and validated.get("status") == "False"
+                          and validated.get("reason") in (st.SPEC_IMMUTABLE, st.VALIDATION_FAILED)):
+                conditions = st.set_condition(conditions, st.VALIDATED, *verdict, generation)
+            return {"conditions": conditions, "observedGeneration": generation}
+        write_status(namespace, name, change)
 
     # ------------------------------------------------------------------ RayJob → status
 
@@ -306,21 +345,16 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
         # filtering here keeps those events off the handler threads.
         return type == "DELETED" or bool((body.get("status") or {}).get("jobDeploymentStatus"))
 
-    @kopf.on.event("ray.io", "v1", "rayjobs", labels=MANAGED_BY, when=reported, registry=registry)
-    def rayjob_changed(body: kopf.Body, type: Optional[str], namespace: str, **_: Any) -> None:
-        owner = _owner_name(body)
-        if owner is None:
-            return
-        rayjob = dict(body)
+    def mirror_rayjob(namespace: str, owner: str, rayjob: dict[str, Any], deleted: bool = False) -> None:
         events: list[tuple[str, str, str]] = []
 
         def change(job: dict[str, Any]) -> Optional[dict[str, Any]]:
             events.clear()
             current = job.get("status") or {}
             generation = job["metadata"].get("generation")
-            if type == "DELETED":
-                if current.get("phase") in (Phase.Succeeded.value, Phase.Failed.value):
-                    return None
+            if deleted:
+                if current.get("phase") in TERMINAL_PHASES or job["metadata"].get("deletionTimestamp"):
+                    return None  # finished, or the job itself is going away (foreground deletion)
                 message = f"RayJob {rayjob['metadata']['name']} was deleted while the job was {current.get('phase')}"
                 events.append(("Warning", st.RAYJOB_MISSING, message))
                 conditions = st.phase_conditions(list(current.get("conditions") or []),
@@ -331,21 +365,43 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
             events.extend(outcome.events)
             return outcome.status or None
 
-        job = kube().update_rlhfjob_status(namespace, owner, change)
-        if job is not None:
+        job = write_status(namespace, owner, change)
+        if job is not None and events:
             _post(_job_body(job), events)
-            if type != "DELETED":
-                metrics.phases[(namespace, owner)] = st.judge(st.Observation.of(rayjob)).phase
 
-    # ------------------------------------------------------------------ progress
+    @kopf.on.event("ray.io", "v1", "rayjobs", labels=MANAGED_BY, when=reported, registry=registry)
+    def rayjob_changed(body: kopf.Body, type: Optional[str], namespace: str, **_: Any) -> None:
+        owner = _owner_name(body)
+        if owner is not None:
+            mirror_rayjob(namespace, owner, dict(body), deleted=type == "DELETED")
 
-    def running(status: kopf.Status, **_: Any) -> bool:
-        return status.get("phase") == Phase.Running.value
+    # ------------------------------------------------------------------ progress and resync
+    #
+    # One background loop instead of a kopf timer per job: kopf timers put a finalizer on
+    # every object they serve, and the operator must hold none.
 
-    @kopf.timer(GROUP, VERSION, PLURAL, interval=cfg.progress_interval, when=running, registry=registry)
-    def poll_progress(body: kopf.Body, status: kopf.Status, meta: kopf.Meta, namespace: str, name: str,
-                      logger: kopf.Logger, **_: Any) -> None:
-        url = cfg.progress_url.format(cluster=status.get("rayClusterName") or f"{name}-raycluster",
+    active: dict[tuple[str, str], dict[str, Any]] = {}  # non-terminal jobs → their last seen status
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def track(type: Optional[str], status: kopf.Status, namespace: str, name: str, **_: Any) -> None:
+        # kopf's Event posting reads context variables that exist in handlers only; the
+        # background loop borrows them from here.
+        state.setdefault("context", contextvars.copy_context())
+        key = (namespace, name)
+        if type == "DELETED":
+            active.pop(key, None)
+            metrics.phases.pop(key, None)
+            return
+        phase = status.get("phase")
+        if phase:
+            metrics.phases[key] = phase
+        if phase in TERMINAL_PHASES:
+            active.pop(key, None)
+        else:
+            active[key] = dict(status)
+
+    def poll_progress(namespace: str, name: str, current: dict[str, Any]) -> None:
+        url = cfg.progress_url.format(cluster=current.get("rayClusterName") or f"{name}-raycluster",
                                       namespace=namespace, port=PROGRESS_PORT, job=name)
         metrics.progress_polls += 1
         report: Optional[ProgressReport] = None
@@ -354,41 +410,86 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
                 report = ProgressReport.from_json(response.read())
         except (urllib.error.URLError, OSError, ValueError) as exc:
             metrics.progress_failures += 1
-            logger.debug("progress endpoint %s unreachable: %s", url, exc)
+            log.debug("progress endpoint %s unreachable: %s", url, exc)
         events: list[tuple[str, str, str]] = []
 
         def change(job: dict[str, Any]) -> Optional[dict[str, Any]]:
             events.clear()
-            current = job.get("status") or {}
-            if current.get("phase") != Phase.Running.value:
+            fresh = job.get("status") or {}
+            if fresh.get("phase") != Phase.Running.value:
                 return None
             fields: dict[str, Any] = {}
-            known = current.get("progress") or {}
+            known = fresh.get("progress") or {}
             heartbeat = known.get("heartbeat")
             if report is not None:
                 progress = {k: v for k, v in {
                     "step": report.step, "totalSteps": report.total_steps, "episode": report.episode,
                     "rewardMean": report.reward_mean, "scoreMean": report.score_mean, "kl": report.kl,
                     "samplesPerSecond": report.samples_per_second, "lastWeightSync": report.last_weight_sync,
-                    "heartbeat": report.heartbeat, "updated": st.now_rfc3339(),
+                    "heartbeat": report.heartbeat or None,
                 }.items() if v is not None}
-                fields["progress"] = progress
+                if progress != known:
+                    fields["progress"] = progress
                 heartbeat = report.heartbeat or heartbeat
-                if report.last_checkpoint and current.get("lastCheckpoint") != report.last_checkpoint.path:
+                if report.last_checkpoint and fresh.get("lastCheckpoint") != report.last_checkpoint.path:
                     fields["lastCheckpoint"] = report.last_checkpoint.path
-                    events.append(("Normal", "Checkpointed", f"step {report.last_checkpoint.step} saved to {report.last_checkpoint.path}"))
-            if heartbeat is None:
-                running_cond = st.get_condition(current.get("conditions") or [], st.RUNNING)
-                heartbeat = running_cond.get("lastTransitionTime") if running_cond else None
-            stall = st.stall_update(current, heartbeat, cfg.stall_seconds, job["metadata"].get("generation"))
+                    events.append(("Normal", "Checkpointed",
+                                   f"step {report.last_checkpoint.step} saved to {report.last_checkpoint.path}"))
+            # A heartbeat from before this attempt started running says nothing about this attempt.
+            running_cond = st.get_condition(fresh.get("conditions") or [], st.RUNNING)
+            since = running_cond.get("lastTransitionTime") if running_cond else None
+            beat_time, since_time = st.parse_time(heartbeat), st.parse_time(since)
+            if since_time and (beat_time is None or beat_time < since_time):
+                heartbeat = since
+            stall = st.stall_update(fresh, heartbeat, cfg.stall_seconds, job["metadata"].get("generation"))
             if stall is not None:
                 fields["conditions"], event = stall
                 events.append(event)
             return fields or None
 
-        job = kube().update_rlhfjob_status(namespace, name, change)
-        if job is not None:
+        job = write_status(namespace, name, change)
+        if job is not None and events:
             _post(_job_body(job), events)
+
+    def resync(namespace: str, name: str, current: dict[str, Any]) -> None:
+        """Level-triggered safety net: re-mirror the RayJob in case an event was missed or its write failed."""
+        if not current.get("rayJobName"):
+            return
+        rayjob = kube().rayjob(namespace, current["rayJobName"])
+        if rayjob is not None and reported(rayjob, "MODIFIED"):
+            mirror_rayjob(namespace, name, rayjob)
+
+    async def background() -> None:
+        limit = asyncio.Semaphore(8)
+        last_resync = time.monotonic()
+
+        async def guarded(fn, *args) -> None:
+            async with limit:
+                try:
+                    context = state.get("context") or contextvars.copy_context()
+                    await asyncio.get_running_loop().run_in_executor(None, context.copy().run, fn, *args)
+                except Exception:  # one job's trouble must not stop the loop
+                    log.exception("background %s of %s/%s failed", fn.__name__, args[0], args[1])
+
+        while True:
+            await asyncio.sleep(cfg.progress_interval)
+            tasks = [guarded(poll_progress, ns, name, status) for (ns, name), status in list(active.items())
+                     if status.get("phase") == Phase.Running.value]
+            if time.monotonic() - last_resync >= cfg.resync_interval:
+                last_resync = time.monotonic()
+                tasks += [guarded(resync, ns, name, status) for (ns, name), status in list(active.items())]
+            await asyncio.gather(*tasks)
+
+    @kopf.on.startup(registry=registry)
+    async def start_background(**_: Any) -> None:
+        state["background"] = asyncio.create_task(background())
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_background(**_: Any) -> None:
+        task = state.pop("background", None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     # ------------------------------------------------------------------ admission
 
@@ -396,9 +497,11 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
         return metrics  # kopf refuses admission handlers without a server to serve them
 
     @kopf.on.validate(GROUP, VERSION, PLURAL, id="validate-rlhfjob", registry=registry)
-    def validate(spec: kopf.Spec, old: Optional[dict], operation: Optional[str], **_: Any) -> None:
+    def validate(body: kopf.Body, old: Optional[dict], operation: Optional[str], **_: Any) -> None:
+        if operation == "UPDATE" and old and old.get("spec") == body.get("spec"):
+            return  # status and metadata-only writes are not ours to judge
         try:
-            new_spec = parse_spec(dict(spec))
+            new_job = parse_job(dict(body))
         except InvalidJob as exc:
             raise kopf.AdmissionError("; ".join(str(e) for e in exc.errors), code=422)
         if operation == "UPDATE" and old and old.get("spec"):
@@ -406,7 +509,7 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
                 old_spec = parse_spec(old["spec"])
             except InvalidJob:
                 return
-            frozen = immutable_changes(old_spec, new_spec)
+            frozen = immutable_changes(old_spec, new_job.spec)
             if frozen:
                 raise kopf.AdmissionError(f"{', '.join(frozen)} cannot change on an existing RLHFJob; create a new one",
                                           code=422)

@@ -36,7 +36,6 @@ CHILD_CONFLICT = "ChildConflict"
 SPEC_IMMUTABLE = "SpecImmutable"
 RAYJOB_CREATED = "RayJobCreated"
 RAYJOB_MISSING = "RayJobMissing"
-NOT_RETRIED = ("DeadlineExceeded", "JobStatusCheckTimeoutExceeded", "ValidationFailed")
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
@@ -100,10 +99,6 @@ class Verdict:
     message: str
 
 
-def _will_retry(obs: Observation) -> bool:
-    return obs.reason not in NOT_RETRIED and obs.failed < obs.backoff_limit + 1
-
-
 def judge(obs: Observation) -> Verdict:
     """The phase, reason and message that a RayJob observation means for the RLHFJob."""
     d, j = obs.deployment, obs.job
@@ -111,6 +106,8 @@ def judge(obs: Observation) -> Verdict:
         if obs.suspend:
             return _suspended(obs)
         return Verdict(Phase.Pending.value, "RayJobCreated", "RayJob created; waiting for KubeRay to start the Ray cluster")
+    if obs.suspend and d in ("Initializing", "Waiting", "Running"):
+        return _suspended(obs)  # KubeRay checks suspend only after New → Initializing
     if d in ("Initializing", "Waiting"):
         return Verdict(Phase.Provisioning.value, "ClusterProvisioning", "Ray cluster is starting")
     if d == "Running":
@@ -124,13 +121,13 @@ def judge(obs: Observation) -> Verdict:
             return Verdict(Phase.Succeeded.value, "Completed", "training finished")
         return Verdict(Phase.Failed.value, "JobStopped", obs.message or f"Ray job ended as {j or 'unknown'} without succeeding")
     if d == "Failed":
-        reason = obs.reason or "AppFailed"
-        message = obs.message or "Ray job failed"
-        if _will_retry(obs):
-            return Verdict(Phase.Retrying.value, reason, f"attempt {obs.failed} failed ({reason}): {message}; retrying")
-        return Verdict(Phase.Failed.value, reason, message)
+        # Final: KubeRay writes Retrying instead of Failed, in the same update, when
+        # backoffLimit leaves a retry, so a stored Failed is never retried.
+        return Verdict(Phase.Failed.value, obs.reason or "AppFailed", obs.message or "Ray job failed")
     if d == "Retrying":
-        return Verdict(Phase.Retrying.value, obs.reason or "Retrying", obs.message or "retrying with a new Ray cluster")
+        reason = obs.reason or "Retrying"
+        detail = f": {obs.message}" if obs.message else ""
+        return Verdict(Phase.Retrying.value, reason, f"attempt {obs.failed} failed ({reason}){detail}; retrying with a new Ray cluster")
     if d == "ValidationFailed":
         return Verdict(Phase.Failed.value, "ValidationFailed", obs.message or "KubeRay rejected the RayJob")
     if d in ("Suspending", "Suspended"):
@@ -194,6 +191,9 @@ def phase_conditions(conditions: list[dict[str, Any]], verdict: Verdict, generat
         if on or get_condition(conditions, type_) is not None:
             conditions = set_condition(conditions, type_, on, verdict.reason if on else "", verdict.message if on else "",
                                        generation, now)
+    stalled = get_condition(conditions, STALLED)
+    if verdict.phase != Phase.Running.value and stalled is not None and stalled.get("status") == "True":
+        conditions = set_condition(conditions, STALLED, False, "NotRunning", "the job is not running", generation, now)
     return conditions
 
 
@@ -213,6 +213,8 @@ def mirror(current: dict[str, Any], rayjob: dict[str, Any], generation: Optional
     verdict = judge(obs)
     patch = StatusPatch()
     status = patch.status
+    if current.get("phase") in (Phase.Succeeded.value, Phase.Failed.value):
+        return patch  # terminal phases are final
     if current.get("phase") != verdict.phase or current.get("reason") != verdict.reason:
         status.update(phase=verdict.phase, reason=verdict.reason, message=verdict.message)
         failing = verdict.phase in (Phase.Failed.value, Phase.Retrying.value)
@@ -222,8 +224,9 @@ def mirror(current: dict[str, Any], rayjob: dict[str, Any], generation: Optional
     conditions = phase_conditions(list(current.get("conditions") or []), verdict, generation, now)
     if conditions != (current.get("conditions") or []):
         status["conditions"] = conditions
+    # attempts never decreases (KubeRay resets its counters' context on suspend and retries).
     for key, value in (("rayClusterName", obs.cluster_name), ("dashboardURL", obs.dashboard_url),
-                       ("attempts", attempts(obs))):
+                       ("attempts", max(attempts(obs), int(current.get("attempts") or 0)))):
         if value is not None and current.get(key) != value:
             status[key] = value
     if obs.start_time and not current.get("startTime"):

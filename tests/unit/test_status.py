@@ -31,9 +31,13 @@ def rayjob(deployment="", job="", reason="", message="", failed=0, succeeded=0, 
     (rayjob("Failed", "FAILED", "AppFailed", "exit 1", failed=1), "Failed", "AppFailed"),
     # kuberay#2314: the deployment says Failed while jobStatus still says RUNNING
     (rayjob("Failed", "RUNNING", "DeadlineExceeded", "deadline", failed=1, backoff=3), "Failed", "DeadlineExceeded"),
-    (rayjob("Failed", "FAILED", "AppFailed", failed=1, backoff=2), "Retrying", "AppFailed"),
+    # KubeRay writes Retrying instead of Failed when backoffLimit leaves a retry: Failed is final.
     (rayjob("Failed", "FAILED", "AppFailed", failed=3, backoff=2), "Failed", "AppFailed"),
-    (rayjob("Retrying", reason="AppFailed", failed=1, backoff=2), "Retrying", "AppFailed"),
+    (rayjob("Retrying", "FAILED", reason="AppFailed", failed=1, backoff=2), "Retrying", "AppFailed"),
+    # KubeRay looks at spec.suspend only after New → Initializing: a suspended start is no provisioning.
+    (rayjob("Initializing", suspend=True), "Suspended", "Suspended"),
+    (rayjob("Initializing", suspend=True, queued=True), "Suspended", "WaitingForAdmission"),
+    (rayjob("Running", "RUNNING", suspend=True), "Suspended", "Suspended"),
     (rayjob("Failed", "", "SubmissionFailed", "submitter failed", failed=1), "Failed", "SubmissionFailed"),
     (rayjob("ValidationFailed", reason="ValidationFailed", message="bad spec"), "Failed", "ValidationFailed"),
     (rayjob("Suspending"), "Suspended", "Suspending"),
@@ -73,14 +77,28 @@ def test_success_sequence_sets_conditions_events_and_times():
 
 def test_retry_then_success_counts_attempts():
     current, events = walk(rayjob("Running", "RUNNING", backoff=2),
-                           rayjob("Failed", "FAILED", "AppFailed", "oom", failed=1, backoff=2),
-                           rayjob("Retrying", reason="AppFailed", failed=1, backoff=2),
+                           rayjob("Retrying", "FAILED", "AppFailed", "oom", failed=1, backoff=2),
                            rayjob("Initializing", failed=1, backoff=2),
                            rayjob("Running", "RUNNING", failed=1, backoff=2),
                            rayjob("Complete", "SUCCEEDED", failed=1, succeeded=1, backoff=2))
     assert current["phase"] == "Succeeded" and current["attempts"] == 2
     assert ("Warning", "AppFailed") in [(e[0], e[1]) for e in events]
     assert any(message.startswith("Retrying: attempt 1 failed (AppFailed): oom") for _, _, message in events)
+
+
+def test_terminal_phases_are_final():
+    current, _ = walk(rayjob("Failed", "FAILED", "AppFailed", failed=1))
+    later = st.mirror(current, rayjob("Retrying", failed=1, backoff=3), generation=2)
+    assert later.status == {} and later.events == []
+
+
+def test_attempts_never_decrease_and_stalled_clears_when_not_running():
+    current, _ = walk(rayjob("Running", "RUNNING", failed=2, backoff=3))
+    assert current["attempts"] == 3
+    current["conditions"] = st.set_condition(current["conditions"], "Stalled", True, "NoHeartbeat", "x", 1)
+    suspended = st.mirror(current, rayjob("Suspended", suspend=True), generation=1)
+    assert "attempts" not in suspended.status  # would be 2 computed from the RayJob alone
+    assert {c["type"]: c["status"] for c in suspended.status["conditions"]}["Stalled"] == "False"
 
 
 def test_no_event_or_write_when_nothing_changed():
