@@ -101,7 +101,7 @@ def _summary(job) -> str:
         source = f"reward={reward.source()}({detail})"
     algo = spec.algorithm
     return (f"{job.metadata.name}: valid RLHFJob — model {spec.model.path}, {source},"
-            f" {algo.advantage_estimator} × {algo.n_samples_per_prompt} samples/prompt,"
+            f" {getattr(algo.advantage_estimator, 'value', algo.advantage_estimator)} × {algo.n_samples_per_prompt} samples/prompt,"
             f" rollout {spec.rollout.backend} ×{spec.rollout.engines}, {spec.training.trainers} trainer(s) ZeRO-{spec.training.zero_stage}")
 
 

@@ -261,8 +261,13 @@ def crd() -> dict[str, Any]:
 HEADER = "# Generated from rlhf_operator.spec by `rlhf crd`. Do not edit by hand.\n"
 
 
+class _NoAliases(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def crd_yaml() -> str:
-    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=120)
+    return HEADER + yaml.dump(crd(), Dumper=_NoAliases, sort_keys=False, width=120)
 
 
 def structural_problems(schema: dict[str, Any], path: str = "") -> list[str]:

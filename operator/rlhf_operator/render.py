@@ -41,8 +41,10 @@ class RenderOptions:
     """Operator-wide settings (the Helm chart sets them through the operator's environment)."""
 
     default_image: str = DEFAULT_WORKER_IMAGE
-    submitter_cpu: str = "200m"
-    submitter_memory: str = "256Mi"
+    # KubeRay's own submitter defaults: `ray job logs --follow` needs headroom, and an OOM
+    # there fails the whole job as SubmissionFailed.
+    submitter_cpu: str = "500m"
+    submitter_memory: str = "1Gi"
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,8 @@ def owner_references(job: RLHFJob) -> list[dict[str, Any]]:
         "name": job.metadata.name,
         "uid": job.metadata.uid,
         "controller": True,
-        "blockOwnerDeletion": True,
+        # No blockOwnerDeletion: it needs update on rlhfjobs/finalizers where owner-reference
+        # permissions are enforced (OpenShift), and the operator asks for no more than it uses.
     }]
 
 

@@ -38,7 +38,8 @@ CEL = "x-cel"  # list of {"rule", "message"} attached to an object's schema
 INT_OR_STRING = "x-int-or-string"
 FREE_FORM = "x-free-form"
 
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
+# A Kubernetes resource quantity: a non-negative decimal with an optional SI/binary suffix or exponent.
+_QUANTITY = re.compile(r"^\+?(\d+\.?\d*|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -394,11 +395,24 @@ class CheckpointSpec(SpecModel):
     @field_validator("volume")
     @classmethod
     def _one_volume_source(cls, value: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
-        if value is not None and (len(value) != 1 or not isinstance(next(iter(value.values())), dict)):
-            raise ValueError(
-                "volume must be one Kubernetes volume source, e.g. {persistentVolumeClaim: {claimName: my-pvc}}"
-            )
+        if value is not None:
+            _check_volume_source(value)
         return value
+
+
+RESERVED_VOLUMES = {"rlhf-config", "rlhf-code", "dshm", "checkpoints"}
+RESERVED_MOUNTS = {"/etc/rlhf/config", "/etc/rlhf/code", "/dev/shm"}
+
+
+def _check_volume_source(source: dict[str, Any]) -> None:
+    from .podsecurity import ALLOWED_VOLUME_TYPES
+
+    if len(source) != 1 or not isinstance(next(iter(source.values())), dict):
+        raise ValueError("must be one Kubernetes volume source, e.g. {persistentVolumeClaim: {claimName: my-pvc}}")
+    kind = next(iter(source))
+    if kind not in ALLOWED_VOLUME_TYPES:
+        raise ValueError(f"volume type {kind!r} is not allowed for pods under the restricted Pod Security Standard;"
+                         f" use one of {', '.join(sorted(ALLOWED_VOLUME_TYPES))}")
 
 
 class WandbSpec(SpecModel):
@@ -419,17 +433,19 @@ class LoggingSpec(SpecModel):
 
 
 Quantity = Annotated[
-    Union[int, float, str],
+    Union[int, str],
     Field(json_schema_extra={INT_OR_STRING: True}),
 ]
 
 
-def _check_quantity(value: Optional[Union[int, float, str]], field: str) -> Optional[str]:
+def _check_quantity(value: Any, field: str) -> Optional[str]:
     if value is None:
         return None
+    if isinstance(value, float) or isinstance(value, bool):
+        raise ValueError(f"must be a whole number or a quoted quantity such as \"500m\" or \"1.5\" (got {value!r})")
     text = str(value)
     if not _QUANTITY.match(text):
-        raise ValueError(f"{field} must be a Kubernetes quantity such as 4, 500m or 16Gi (got {value!r})")
+        raise ValueError(f"must be a Kubernetes quantity such as 4, 500m or 16Gi (got {value!r})")
     return text
 
 
@@ -449,15 +465,10 @@ class GroupSpec(SpecModel):
     labels: Annotated[dict[str, str], Field(default_factory=dict, description="Extra pod labels.")]
     annotations: Annotated[dict[str, str], Field(default_factory=dict, description="Extra pod annotations.")]
 
-    @field_validator("cpu")
+    @field_validator("cpu", "memory", mode="before")
     @classmethod
-    def _cpu(cls, value: Any) -> Optional[str]:
-        return _check_quantity(value, "cpu")
-
-    @field_validator("memory")
-    @classmethod
-    def _memory(cls, value: Any) -> Optional[str]:
-        return _check_quantity(value, "memory")
+    def _quantity(cls, value: Any, info: Any) -> Optional[str]:
+        return _check_quantity(value, info.field_name)
 
 
 class EnvVar(SpecModel):
@@ -473,6 +484,12 @@ class ExtraVolume(SpecModel):
     read_only: Annotated[bool, Field(default=True, description="Mount read-only.")] = True
     source: Annotated[dict[str, Any], Field(description="A Kubernetes volume source, e.g. {persistentVolumeClaim: {claimName: models}}.",
                                             json_schema_extra={FREE_FORM: True})]
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _check_volume_source(value)
+        return value
 
 
 class ClusterSpec(SpecModel):
@@ -492,6 +509,19 @@ class ClusterSpec(SpecModel):
     volumes: Annotated[list[ExtraVolume], Field(default_factory=list, description="Extra volumes for every pod.")]
     priority_class_name: Annotated[Optional[str], Field(default=None, description="Pod priority class.")] = None
     ray_version: Annotated[str, Field(default="2.60.0", description="Ray version in the image.")] = "2.60.0"
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes_do_not_collide(cls, volumes: list["ExtraVolume"]) -> list["ExtraVolume"]:
+        names = [v.name for v in volumes]
+        for i, volume in enumerate(volumes):
+            if volume.name in RESERVED_VOLUMES:
+                raise ValueError(f"[{i}].name: {volume.name!r} is used by the operator; pick another name")
+            if volume.name in names[:i]:
+                raise ValueError(f"[{i}].name: {volume.name!r} is given twice")
+            if volume.mount_path.rstrip("/") in RESERVED_MOUNTS:
+                raise ValueError(f"[{i}].mountPath: {volume.mount_path} is used by the operator; mount elsewhere")
+        return volumes
 
     @field_validator("image_pull_secrets")
     @classmethod
@@ -550,6 +580,10 @@ class RLHFJobSpec(SpecModel):
             raise ValueError("reward: set spec.reward (function, remote or model) or spec.agent")
         if self.reward is not None and self.agent is not None:
             raise ValueError("agent: set spec.reward or spec.agent, not both: an agent scores its own episodes")
+        for i, volume in enumerate(self.cluster.volumes):
+            if volume.mount_path.rstrip("/") == self.checkpoint.path.rstrip("/"):
+                raise ValueError(f"cluster.volumes[{i}].mountPath: {volume.mount_path} is checkpoint.path;"
+                                 " set checkpoint.volume instead")
         algo = self.algorithm
         n = algo.n_samples_per_prompt
         if algo.advantage_estimator in GROUP_ESTIMATORS and n < 2:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,12 @@ from pydantic import ValidationError
 
 from .spec import API_VERSION, KIND, RLHFJob, RLHFJobSpec
 
-_PATH_PREFIX = re.compile(r"^(?:Value error, )?([A-Za-z][A-Za-z0-9_.\[\]]*): (.*)$", re.S)
+_PATH_PREFIX = re.compile(r"^(?:Value error, )?([A-Za-z\[][A-Za-z0-9_.\[\]]*): (.*)$", re.S)
+
+
+def _path_parts(relative: str) -> tuple[Any, ...]:
+    """'volumes[0].name' → ('volumes', 0, 'name')."""
+    return tuple(int(p[1:-1]) if p.startswith("[") else p for p in re.findall(r"\[\d+\]|[^.\[\]]+", relative))
 
 
 @dataclass(frozen=True)
@@ -42,12 +48,33 @@ def _join(loc: Iterable[Any]) -> str:
     return path
 
 
+_PATTERN_HINTS = {
+    "^https?://": "must be an http:// or https:// URL",
+    "^/": "must be an absolute path (starting with /)",
+}
+_TYPE_HINTS = {
+    "model_type": "must be a mapping of fields (a YAML object)",
+    "dict_type": "must be a mapping (a YAML object)",
+    "list_type": "must be a list",
+    "int_type": "must be a whole number, unquoted",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number, unquoted",
+    "bool_type": "must be true or false, unquoted",
+    "string_type": "must be a string (quote it in YAML)",
+}
+
+
 def _hint(error: dict[str, Any]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         return "unknown field; check its spelling (fields are camelCase) or remove it"
     if kind == "missing":
         return "required field is missing"
+    if kind == "string_pattern_mismatch":
+        pattern = (error.get("ctx") or {}).get("pattern", "")
+        return _PATTERN_HINTS.get(pattern, f"must match the pattern {pattern}") + f" (got {error.get('input')!r})"
+    if kind in _TYPE_HINTS:
+        return f"{_TYPE_HINTS[kind]} (got {error.get('input')!r})"
     return error["msg"].removeprefix("Value error, ")
 
 
@@ -61,7 +88,7 @@ def field_errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[Fie
         message = _hint(error)
         match = _PATH_PREFIX.match(message)
         if match and error["type"] == "value_error":
-            loc = loc + tuple(match.group(1).split("."))
+            loc = loc + _path_parts(match.group(1))
             message = match.group(2)
         errors.append(FieldError(_join(loc), message))
     # Keep order, drop exact repeats (union members).
@@ -86,15 +113,21 @@ def parse_job(document: Any) -> RLHFJob:
     if errors:
         raise InvalidJob(errors)
     try:
-        return RLHFJob.model_validate(document)
+        return RLHFJob.model_validate_json(_as_json(document), strict=True)
     except ValidationError as exc:
         raise InvalidJob(field_errors(exc)) from None
+
+
+def _as_json(document: Any) -> str:
+    # Strict JSON-mode validation types fields the way the API server does: "4" is not an
+    # integer and "yes" is not a boolean, so `rlhf validate` accepts what the CRD accepts.
+    return json.dumps(document, default=str)
 
 
 def parse_spec(spec: Any) -> RLHFJobSpec:
     """Validate the spec part alone (the operator receives spec and metadata separately)."""
     try:
-        return RLHFJobSpec.model_validate(spec)
+        return RLHFJobSpec.model_validate_json(_as_json(spec), strict=True)
     except ValidationError as exc:
         raise InvalidJob(field_errors(exc, ("spec",))) from None
 

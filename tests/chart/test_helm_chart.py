@@ -523,12 +523,7 @@ def test_chart_crd_is_the_generated_file():
 
 
 def test_chart_crd_is_a_valid_apiextensions_object():
-    errors = core_errors(crd_from_chart("defaults"))
-    if errors and all("exclusiveMinimum" in e or "exclusiveMaximum" in e for e in errors):
-        pytest.xfail("crds/rlhf.dev_rlhfjobs.yaml has numeric exclusiveMinimum (JSON Schema 2020); "
-                     "apiextensions/v1 wants minimum + exclusiveMinimum: true — fix in rlhf_operator/crd.py: "
-                     + errors[0])
-    assert errors == []
+    assert core_errors(crd_from_chart("defaults")) == []
 
 
 def test_packaged_chart_contains_the_real_files(tmp_path):

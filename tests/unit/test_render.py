@@ -42,7 +42,7 @@ def test_every_object_is_owned_by_the_job_and_labelled():
     for obj in rendered(job()):
         owner, = obj["metadata"]["ownerReferences"]
         assert owner == {"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFJob", "name": "demo", "uid": UID,
-                         "controller": True, "blockOwnerDeletion": True}
+                         "controller": True}
         labels = obj["metadata"]["labels"]
         assert labels["rlhf.dev/job-name"] == "demo"
         assert labels["app.kubernetes.io/managed-by"] == "rlhf-operator"

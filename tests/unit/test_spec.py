@@ -187,3 +187,31 @@ def test_immutable_fields_are_reported_but_suspend_may_change():
     assert immutable_changes(old, new) == []
     changed = parse_job(job(model={"path": "/models/other"}, training={"learningRate": 1e-5})).spec
     assert immutable_changes(old, changed) == ["spec.model", "spec.training"]
+
+
+@pytest.mark.parametrize("overrides, path, hint", [
+    ({"algorithm": {"advantageEstimator": "rloo", "nSamplesPerPrompt": "4"}}, "spec.algorithm.nSamplesPerPrompt", "whole number"),
+    ({"training": {"bf16": "yes"}}, "spec.training.bf16", "true or false"),
+    ({"cluster": {"head": {"cpu": 0.5}}}, "spec.cluster.head.cpu", '"500m"'),
+    ({"cluster": {"head": {"memory": "-4Gi"}}}, "spec.cluster.head.memory", "quantity"),
+    ({"reward": {"remote": {"url": "rm.example"}}}, "spec.reward.remote.url", "http:// or https:// URL"),
+    ({"model": "/models/x"}, "spec.model", "mapping"),
+])
+def test_types_are_as_strict_as_the_api_server_with_a_hint(overrides, path, hint):
+    errors = errors_of(job(**overrides))
+    assert path in errors and hint in errors[path], errors
+
+
+@pytest.mark.parametrize("cluster, checkpoint, path, hint", [
+    ({"volumes": [{"name": "dshm", "mountPath": "/x", "source": {"emptyDir": {}}}]}, None, "spec.cluster.volumes[0].name", "used by the operator"),
+    ({"volumes": [{"name": "a", "mountPath": "/dev/shm", "source": {"emptyDir": {}}}]}, None, "spec.cluster.volumes[0].mountPath", "mount elsewhere"),
+    ({"volumes": [{"name": "a", "mountPath": "/x", "source": {"hostPath": {"path": "/"}}}]}, None, "spec.cluster.volumes[0].source", "restricted"),
+    ({"volumes": [{"name": "a", "mountPath": "/x", "source": {"emptyDir": {}}},
+                  {"name": "a", "mountPath": "/y", "source": {"emptyDir": {}}}]}, None, "spec.cluster.volumes[1].name", "twice"),
+    ({"volumes": [{"name": "a", "mountPath": "/ckpt", "source": {"emptyDir": {}}}]}, {"path": "/ckpt"}, "spec.cluster.volumes[0].mountPath", "checkpoint.volume"),
+    (None, {"volume": {"hostPath": {"path": "/data"}}}, "spec.checkpoint.volume", "restricted"),
+])
+def test_volumes_cannot_break_the_pods(cluster, checkpoint, path, hint):
+    overrides = {k: v for k, v in (("cluster", cluster), ("checkpoint", checkpoint)) if v is not None}
+    errors = errors_of(job(**overrides))
+    assert path in errors and hint in errors[path], errors
