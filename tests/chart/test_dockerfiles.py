@@ -143,7 +143,7 @@ def test_oci_labels(path):
     found = labels(path)
     for name in OCI_LABELS:
         assert found.get(f"org.opencontainers.image.{name}"), name
-    assert found["org.opencontainers.image.licenses"] == pyproject()["project"]["license"]["text"]
+    assert found["org.opencontainers.image.licenses"] == pyproject()["project"]["license"]
 
 
 @pytest.mark.parametrize("path", [OPERATOR, WORKERS], ids=["operator", "workers"])
