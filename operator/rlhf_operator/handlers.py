@@ -27,11 +27,11 @@ import kopf
 from . import status as st
 from .kube import Kube, NotOwned, api_client
 from .progress import PROGRESS_PORT, ProgressReport
-from .render import JOB_LABEL, RenderOptions, code_configmap_name, code_refs, rayjob_name, render
+from .render import RenderOptions, code_configmap_name, code_refs, render
 from .spec import (GROUP, KIND, MUTABLE_FIELDS, PLURAL, TERMINAL_PHASES, VERSION, Phase, RLHFJob, _snake,
                    check_agent_source, check_reward_source, immutable_changes)
 from .validation import FieldError, InvalidJob, parse_job, parse_spec
-from .workerconfig import AGENT_FILE, REWARD_FILE
+from .workerconfig import REWARD_FILE
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "rlhf-operator"}
 log = logging.getLogger(__name__)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import copy
 import datetime
-import io
-import os
 import tarfile
 from functools import lru_cache
 from pathlib import Path

@@ -3,7 +3,6 @@
 from datetime import datetime, timedelta, timezone
 
 import pytest
-import yaml
 
 from conftest import NS, REWARD, rlhfjob
 from k8s_schemas import rayjob_errors
@@ -327,7 +326,7 @@ def test_status_changes_while_the_operator_is_down_are_picked_up(kube, operator)
     kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING")
     kuberay(kube, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
     operator.start()
-    status = wait_phase(kube, "Succeeded")
+    wait_phase(kube, "Succeeded")
     assert children(kube)[0] == ["demo"]
     # The resumed launch must not overwrite what the mirror wrote.
     kube.wait_for(lambda: conditions(job_status(kube)).get("Validated", {}).get("status") == "True")

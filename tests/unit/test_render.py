@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from k8s_schemas import core_errors, pod_from_template, rayjob_errors
 from rlhf_operator.podsecurity import pod_specs, restricted_violations
 from rlhf_operator.render import MissingCode, RenderOptions, code_refs, render
-from rlhf_operator.validation import InvalidJob, load_job, parse_job
+from rlhf_operator.validation import InvalidJob, parse_job
 from rlhf_operator.workerconfig import WorkerConfig
 from jobs import REWARD_SOURCE, job
 
