@@ -18,6 +18,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -64,7 +65,9 @@ def run_one(label: str, command: list[str], child_of, resource: str, n: int, tim
         kube.create_namespace(NS)
         env = {**os.environ, "KUBECONFIG": kube.kubeconfig_path, "RLHF_KUBECONFIG": kube.kubeconfig_path,
                "RLHF_HEALTH_PORT": "0", "RLHF_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+        # The operator's log goes to a file: an unread pipe fills up and blocks the process.
+        log = tempfile.TemporaryFile()
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         sampler = RssSampler(proc.pid)
         sampler.start()
         try:
@@ -79,6 +82,7 @@ def run_one(label: str, command: list[str], child_of, resource: str, n: int, tim
                 created[name] = time.monotonic()
             seen: dict[str, float] = {}
             deadline = time.monotonic() + timeout
+            next_report = time.monotonic() + 10
             # Read the store's names under its lock: listing (deep-copying) every object each
             # poll would cost the server more CPU than the operators being measured.
             bucket = kube.store._buckets[kube.resource(resource).key]
@@ -90,6 +94,9 @@ def run_one(label: str, command: list[str], child_of, resource: str, n: int, tim
                     owner = child_of(name)
                     if owner in created and owner not in seen:
                         seen[owner] = now
+                if now >= next_report:
+                    print(f"  {label}: {len(seen)}/{n} after {now - start:.0f} s", file=sys.stderr, flush=True)
+                    next_report = now + 10
                 time.sleep(0.01)
             total = time.monotonic() - start
             cpu = _cpu_seconds(proc.pid) - idle_cpu
@@ -102,7 +109,11 @@ def run_one(label: str, command: list[str], child_of, resource: str, n: int, tim
             sampler.stop.set()
     latencies = sorted(seen[k] - created[k] for k in seen)
     if len(seen) < n:
-        print(f"{label}: only {len(seen)}/{n} children appeared within {timeout} s", file=sys.stderr)
+        log.seek(0)
+        tail = log.read().decode(errors="replace")[-4000:]
+        print(f"{label}: only {len(seen)}/{n} children appeared within {timeout} s; its log ends:\n{tail}",
+              file=sys.stderr)
+    log.close()
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
     return {"label": label, "done": len(seen), "p50": q[49], "p99": q[98], "total": total, "cpu": cpu,
             "rss_mb": sampler.peak / 2**20,
@@ -117,7 +128,7 @@ def main() -> int:
     python = sys.executable
     ours = run_one("rlhf operator", [python, "-m", "rlhf_operator.cli", "operator", "--all-namespaces"],
                    lambda name: name, "ray.io/v1/rayjobs", args.n, args.timeout)
-    bare = run_one("bare kopf (1 ConfigMap)", [python, "-m", "kopf", "run", "--standalone", "--all-namespaces",
+    bare = run_one("bare kopf (1 ConfigMap)", [python, "-m", "kopf", "run", "--quiet", "--standalone", "--all-namespaces",
                                                str(ROOT / "bench" / "bare_operator.py")],
                    lambda name: name.removesuffix("-bare") if name.endswith("-bare") else None,
                    "v1/configmaps", args.n, args.timeout)

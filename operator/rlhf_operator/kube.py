@@ -112,22 +112,28 @@ class Kube:
 
     def update_rlhfjob_status(self, namespace: str, name: str,
                               change: Callable[[dict[str, Any]], Optional[dict[str, Any]]],
-                              attempts: int = 5) -> Optional[dict[str, Any]]:
-        """Read the job, compute a status patch from it, and write it guarded by resourceVersion.
+                              attempts: int = 5, known: Optional[dict[str, Any]] = None) -> Optional[dict[str, Any]]:
+        """Compute a status patch from the job and write it guarded by resourceVersion.
 
-        ``change(job)`` returns the status fields to merge (or None for no write). A conflict
-        (someone wrote in between) re-reads and recomputes. Returns the job as read last.
+        ``change(job)`` returns the status fields to merge (or None for no write). The first
+        try works from ``known`` (the object a handler was given) when there is one, saving a
+        read; a conflict (someone wrote in between) re-reads and recomputes. Returns the job
+        the written patch was computed from.
         """
+        job = known
         for _ in range(attempts):
-            job = self.rlhfjob(namespace, name)
             if job is None:
-                return None
+                job = self.rlhfjob(namespace, name)
+                if job is None:
+                    return None
             fields = change(job)
             if not fields:
                 return job
             body = {"metadata": {"resourceVersion": job["metadata"]["resourceVersion"]}, "status": fields}
             try:
-                self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, body)
+                # The patched object is not needed: skip turning the response into Python objects.
+                self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, body,
+                                                                  _preload_content=False).release_conn()
                 return job
             except ApiException as exc:
                 if exc.status == 404:
@@ -135,4 +141,5 @@ class Kube:
                 if exc.status != 409:
                     raise
                 log.debug("status of %s/%s changed underneath; retrying", namespace, name)
+            job = None
         raise RuntimeError(f"could not update the status of RLHFJob {namespace}/{name}: too many conflicts")

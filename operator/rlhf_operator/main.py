@@ -6,6 +6,8 @@ the environment (see OperatorConfig.from_env), which is what `kopf run -m` expec
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -26,13 +28,27 @@ def run_operator(namespaces: Sequence[str] = (), all_namespaces: bool = False, v
     kopf.configure(verbose=verbose)
     if not verbose:
         logging.getLogger().setLevel(getattr(logging, cfg.log_level.upper(), logging.INFO))
-    kopf.run(
-        clusterwide=not watched,
-        namespaces=watched,
-        standalone=cfg.peering is None,
-        peering_name=cfg.peering,
-        # Replicas of one Deployment cannot be given distinct priorities, and kopf pauses every
-        # peer that ties for the top one: without an explicit priority, pick a random one.
-        priority=int(os.environ.get("RLHF_PEERING_PRIORITY") or random.randint(1, 2**31)),
-    )
+    with _event_loop() as loop:
+        kopf.run(
+            loop=loop,
+            clusterwide=not watched,
+            namespaces=watched,
+            standalone=cfg.peering is None,
+            peering_name=cfg.peering,
+            # Replicas of one Deployment cannot be given distinct priorities, and kopf pauses every
+            # peer that ties for the top one: without an explicit priority, pick a random one.
+            priority=int(os.environ.get("RLHF_PEERING_PRIORITY") or random.randint(1, 2**31)),
+        )
     return 0
+
+
+@contextlib.contextmanager
+def _event_loop():
+    """uvloop when it is installed, as `kopf run` picks it; else asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        yield None
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        yield runner.get_loop()

@@ -382,7 +382,7 @@ def render(job: RLHFJob, code_sources: Optional[Mapping[str, str]] = None,
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(job, config_configmap_name(name), "config"),
-        "data": {CONFIG_FILE: worker_config(job, files, digest).to_yaml()},
+        "data": {CONFIG_FILE: worker_config(job, files, digest).to_json()},
     })
     objects.append(rayjob(job, code_cm, digest, options))
     return objects

@@ -17,7 +17,7 @@ from .progress import PROGRESS_PORT
 from .spec import RLHFJobSpec, SpecModel
 
 CONFIG_DIR = "/etc/rlhf/config"
-CONFIG_FILE = "worker.yaml"
+CONFIG_FILE = "worker.json"
 CODE_DIR = "/etc/rlhf/code"
 REWARD_FILE = "reward_func.py"
 AGENT_FILE = "agent_func.py"
@@ -33,15 +33,17 @@ class WorkerConfig(SpecModel):
     output_dir: str = Field(description="Metrics, checkpoints and the final model go here.")
     progress_port: int = PROGRESS_PORT
 
-    def to_yaml(self) -> str:
-        return yaml.dump(self.dump(), Dumper=_Dumper, sort_keys=False)
+    def to_json(self) -> str:
+        # JSON, not YAML: the operator renders one config per job, and YAML's (pure-Python)
+        # representer took longer than all of a job's API calls (1.5 ms against 0.04 ms).
+        return self.model_dump_json(by_alias=True, exclude_none=True, indent=2) + "\n"
 
     @classmethod
     def load(cls, path: str | Path) -> "WorkerConfig":
-        return cls.model_validate(yaml.load(Path(path).read_text(), Loader=_Loader))
-
-
-# libyaml when available: the operator serializes one config per job and the pure-Python
-# emitter alone took longer than all of a job's API calls.
-_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        """Read a config file: JSON as the operator writes it, or YAML written by hand."""
+        text = Path(path).read_text()
+        try:
+            return cls.model_validate_json(text)
+        except ValueError:
+            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            return cls.model_validate(data)

@@ -1,6 +1,7 @@
 """Rendering: spec in, manifests out — valid against the real schemas, restricted, deterministic."""
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -70,14 +71,14 @@ def test_configmap_code_is_snapshotted_from_the_supplied_source():
 def test_path_code_is_not_snapshotted_and_the_worker_reads_the_path():
     objects = rendered(job(reward={"function": {"path": "/opt/rewards/math.py"}}))
     assert [o["kind"] for o in objects] == ["ConfigMap", "RayJob"]
-    config = WorkerConfig.model_validate(yaml.safe_load(objects[0]["data"]["worker.yaml"]))
+    config = WorkerConfig.model_validate(json.loads(objects[0]["data"]["worker.json"]))
     assert config.reward_code_path == "/opt/rewards/math.py"
 
 
 def test_worker_config_is_the_same_spec_model_pointing_at_the_mounted_snapshot():
     doc = job(algorithm={"advantageEstimator": "rloo", "nSamplesPerPrompt": 4})
     config_map = rendered(doc)[1]
-    config = WorkerConfig.model_validate(yaml.safe_load(config_map["data"]["worker.yaml"]))
+    config = WorkerConfig.model_validate(json.loads(config_map["data"]["worker.json"]))
     assert config.spec.algorithm.advantage_estimator == "rloo"
     assert config.reward_code_path == "/etc/rlhf/code/reward_func.py"
     assert config.spec.reward.function.path == "/etc/rlhf/code/reward_func.py"
@@ -89,7 +90,7 @@ def test_rayjob_maps_lifecycle_fields():
     spec = rendered(job(backoffLimit=3, activeDeadlineSeconds=7200, ttlSecondsAfterFinished=60, suspend=True))[-1]["spec"]
     assert spec["shutdownAfterJobFinishes"] is True
     assert (spec["backoffLimit"], spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"], spec["suspend"]) == (3, 7200, 60, True)
-    assert spec["entrypoint"] == "python -m rlhf_workers --config /etc/rlhf/config/worker.yaml"
+    assert spec["entrypoint"] == "python -m rlhf_workers --config /etc/rlhf/config/worker.json"
 
 
 def test_kueue_queue_label_passes_through_and_starts_suspended():

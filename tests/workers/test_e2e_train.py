@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from e2e import QUICKSTART, base_spec, copy_quickstart, mean, merge, metrics, write_job
 
@@ -329,7 +330,7 @@ def test_reward_model_scores_on_a_reward_worker(ray_cluster, job, tmp_path, clas
 
 
 def test_in_cluster_entrypoint_runs_a_worker_config(ray_cluster, job, tmp_path):
-    """python -m rlhf_workers --config worker.yaml, as the RayJob entrypoint runs it (Ray already up)."""
+    """python -m rlhf_workers --config worker.json, as the RayJob entrypoint runs it (Ray already up)."""
     from rlhf_operator.validation import load_job
     from rlhf_operator.workerconfig import WorkerConfig
     from rlhf_workers.__main__ import main
@@ -338,11 +339,11 @@ def test_in_cluster_entrypoint_runs_a_worker_config(ray_cluster, job, tmp_path):
     spec = load_job(job_path).spec
     config = WorkerConfig(job_name="e2e", spec=spec, reward_code_path=spec.reward.function.path,
                           output_dir=str(tmp_path / "ckpt"), progress_port=0)
-    (tmp_path / "worker.yaml").write_text(config.to_yaml())
-    assert main(["--config", str(tmp_path / "worker.yaml")]) == 0
+    (tmp_path / "worker.json").write_text(config.to_json())
+    assert main(["--config", str(tmp_path / "worker.json")]) == 0
     assert len(metrics(tmp_path / "ckpt")) == 1 and (tmp_path / "ckpt" / "final_model" / "config.json").is_file()
     bad = config.model_copy(update={"reward_code_path": str(tmp_path / "missing.py")})
-    (tmp_path / "bad.yaml").write_text(bad.to_yaml())
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad.dump()))  # hand-written YAML is read too
     assert main(["--config", str(tmp_path / "bad.yaml")]) == 1
 
 

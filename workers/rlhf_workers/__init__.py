@@ -2,7 +2,7 @@
 
 Entry points
 ------------
-* ``python -m rlhf_workers --config /etc/rlhf/config/worker.yaml`` (:mod:`rlhf_workers.__main__`):
+* ``python -m rlhf_workers --config /etc/rlhf/config/worker.json`` (:mod:`rlhf_workers.__main__`):
   the RayJob entrypoint; joins the Ray cluster, serves ``GET :progress_port/progress``, trains.
 * :func:`rlhf_workers.local.run_local` - ``rlhf run JOB.yaml --output DIR``: an embedded Ray,
   a progress bar, and ``metrics.jsonl``, ``reward_curve.png``, ``checkpoints/``, ``final_model/``.

@@ -1,4 +1,4 @@
-"""In-cluster entrypoint of the RayJob: ``python -m rlhf_workers --config /etc/rlhf/config/worker.yaml``.
+"""In-cluster entrypoint of the RayJob: ``python -m rlhf_workers --config /etc/rlhf/config/worker.json``.
 
 Reads the :class:`~rlhf_operator.workerconfig.WorkerConfig` the operator mounted, joins the
 Ray cluster KubeRay started (``ray.init(address="auto")``; a local Ray when there is none),
