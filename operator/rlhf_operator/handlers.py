@@ -13,7 +13,6 @@ call them, and write.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import os
 import time
@@ -27,13 +26,14 @@ import kopf
 from . import status as st
 from .kube import Kube, NotOwned, api_client
 from .progress import PROGRESS_PORT, ProgressReport
-from .render import RenderOptions, code_configmap_name, code_refs, render
+from .render import RenderOptions, code_refs, render, snapshot_configmap_name
 from .spec import (GROUP, KIND, MUTABLE_FIELDS, PLURAL, TERMINAL_PHASES, VERSION, Phase, RLHFJob, _snake,
                    check_agent_source, check_reward_source, immutable_changes)
 from .validation import FieldError, InvalidJob, parse_job, parse_spec
 from .workerconfig import REWARD_FILE
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "rlhf-operator"}
+LAUNCH_RECORD_WAIT = 30.0  # seconds the RayJob mirror waits for launch to record rayJobName
 log = logging.getLogger(__name__)
 
 
@@ -104,16 +104,11 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-def _job_body(job: dict[str, Any]) -> dict[str, Any]:
-    """The minimal body kopf needs to post an Event about an RLHFJob."""
+def _job_ref(job: Any) -> dict[str, Any]:
+    """What an Event needs of an RLHFJob (from a kopf body or a dict read from the API)."""
     meta = job["metadata"]
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
             "metadata": {"name": meta["name"], "namespace": meta.get("namespace"), "uid": meta.get("uid")}}
-
-
-def _post(body: dict[str, Any], events: list[tuple[str, str, str]]) -> None:
-    for type_, reason, message in events:
-        (kopf.warn if type_ == "Warning" else kopf.info)(body, reason=reason, message=message[:1024])
 
 
 def _owner_name(rayjob: dict[str, Any]) -> Optional[str]:
@@ -134,7 +129,7 @@ def _read_code(kube: Kube, job: RLHFJob, current: dict[str, Any]) -> dict[str, s
         return {}
     namespace = job.metadata.namespace
     if current.get("codeHash"):
-        snapshot = kube.configmap_data(namespace, code_configmap_name(job.metadata.name, current["codeHash"]))
+        snapshot = kube.configmap_data(namespace, snapshot_configmap_name(job.metadata.name, current["codeHash"]))
         if snapshot is not None and all(ref.file in snapshot for ref in refs):
             return {ref.file: snapshot[ref.file] for ref in refs}
     sources: dict[str, str] = {}
@@ -193,7 +188,9 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
         settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
         settings.persistence.diffbase_storage = _RLHFJobDiffBase(field="status.kopf.diffbase")
         settings.persistence.finalizer = "rlhf.dev/kopf-finalizer"
-        settings.posting.level = logging.INFO
+        # kopf posts its own warnings and errors (a handler failing, retrying) as Events; the
+        # job's story (created, provisioning, running, ...) is posted by `post` below.
+        settings.posting.level = logging.WARNING
         settings.execution.max_workers = cfg.max_workers
         if cfg.webhook_cert_dir:
             settings.admission.server = kopf.WebhookServer(
@@ -217,22 +214,56 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
 
     # ------------------------------------------------------------------ launch
 
+    # Non-terminal jobs → their status as this operator last wrote or saw it. The background
+    # loop polls progress from it; kept up to date at the write points, so no watch handler
+    # has to look at every RLHFJob event.
+    active: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def note(namespace: str, name: str, status: Optional[dict[str, Any]]) -> None:
+        key = (namespace, name)
+        if status is None:  # the job is gone
+            active.pop(key, None)
+            metrics.phases.pop(key, None)
+            return
+        metrics.phases[key] = status.get("phase") or Phase.Pending.value
+        if status.get("phase") in TERMINAL_PHASES:
+            active.pop(key, None)
+        else:
+            active[key] = status
+
+    def post(job: Any, events: list[tuple[str, str, str]]) -> None:
+        """Events tell the job's story in `kubectl describe`; posted by the operator's own client
+        (kopf posts only its own warnings and errors, see configure)."""
+        ref = _job_ref(job)
+        for type_, reason, message in events:
+            kube().post_event(ref, type_, reason, message)
+
     def write_status(namespace: str, name: str, change, known: Optional[kopf.Body] = None) -> Optional[dict[str, Any]]:
         """All status writes go through here, resourceVersion-guarded, so a handler working from an
         older snapshot never overwrites what another one wrote. ``known``: the handler's own body,
         tried first (usually still current, which saves a read); a conflict re-reads."""
+        written: dict[str, Any] = {}
+
+        def recorded(job: dict[str, Any]) -> Optional[dict[str, Any]]:
+            fields = change(job)
+            written.clear()
+            written.update(fields or {})
+            return fields
+
         job = None
         if known is not None:
             job = {"metadata": dict(known["metadata"]), "status": dict(known.get("status") or {})}
-        return kube().update_rlhfjob_status(namespace, name, change, known=job)
+        job = kube().update_rlhfjob_status(namespace, name, recorded, known=job)
+        note(namespace, name, None if job is None else {**(job.get("status") or {}), **written})
+        return job
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-    def launch(body: kopf.Body, meta: kopf.Meta, status: kopf.Status,
+    def launch(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch,
                namespace: str, name: str, uid: str, logger: kopf.Logger, **_: Any) -> None:
         current = dict(status)
         generation = meta.get("generation")
-        metrics.phases[(namespace, name)] = current.get("phase") or Phase.Pending.value
+        note(namespace, name, current)
         if current.get("phase") in TERMINAL_PHASES:
             return  # never relaunch a finished job, even if its RayJob is gone
 
@@ -251,9 +282,8 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
 
         def fail(reason: str, message: str) -> None:
             metrics.validation_failures += 1
-            metrics.phases[(namespace, name)] = Phase.Failed.value
             set_validated(False, reason, message, Phase.Failed.value)
-            kopf.warn(body, reason=reason, message=message[:1024])
+            post(body, [("Warning", reason, message)])
 
         try:
             job = parse_job({"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
@@ -268,7 +298,7 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
         except CodeUnavailable as exc:
             message = f"{exc}; retrying every {int(cfg.code_retry_seconds)} s"
             if current.get("reason") != st.CODE_NOT_FOUND:
-                kopf.warn(body, reason=st.CODE_NOT_FOUND, message=message[:1024])
+                post(body, [("Warning", st.CODE_NOT_FOUND, message)])
             set_validated(False, st.CODE_NOT_FOUND, message, Phase.Pending.value)
             raise kopf.TemporaryError(str(exc), delay=cfg.code_retry_seconds)
 
@@ -302,12 +332,21 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
                     fields.update(phase=Phase.Suspended.value, reason=reason, message="RayJob created suspended")
                 else:
                     fields.update(phase=Phase.Pending.value, reason=st.RAYJOB_CREATED, message="RayJob created")
-            return fields
+            return {k: v for k, v in fields.items() if fresh.get(k) != v}
 
-        write_status(namespace, name, launched, body)
+        if f"RayJob {rayjob['metadata']['name']}" in created and not current.get("rayJobName"):
+            # This call created the RayJob, and the mirror holds its writes until rayJobName is
+            # recorded (see mirror_rayjob): nothing else writes this status now, so kopf's own
+            # status patch after this handler carries these fields (one write instead of two).
+            fields = launched({"status": current})
+            patch.setdefault("status", {}).update(fields)
+            note(namespace, name, {**current, **fields})
+        else:
+            # Adopted after a restart: the mirror may be writing too, so guard the write.
+            write_status(namespace, name, launched, body)
         if any(c.startswith("RayJob ") for c in created):
             metrics.rayjobs_created += 1
-            kopf.info(body, reason=st.RAYJOB_CREATED, message=f"created {', '.join(created)}")
+            post(body, [("Normal", st.RAYJOB_CREATED, f"created {', '.join(created)}")])
             logger.info("created %s", ", ".join(created))
 
     # ------------------------------------------------------------------ spec edits
@@ -320,7 +359,7 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
             new_spec = parse_spec(new or {})
         except InvalidJob as exc:
             message = f"the edited spec is invalid and was not applied: {exc}"
-            kopf.warn(body, reason=st.VALIDATION_FAILED, message=message[:1024])
+            post(body, [("Warning", st.VALIDATION_FAILED, message)])
             write_status(namespace, name, lambda job: {"conditions": st.set_condition(
                 list((job.get("status") or {}).get("conditions") or []), st.VALIDATED, False, st.VALIDATION_FAILED,
                 message, generation)}, body)
@@ -332,7 +371,7 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
         frozen = immutable_changes(old_spec, new_spec)
         if frozen:
             message = f"{', '.join(frozen)} cannot change on an existing job and was not applied; create a new RLHFJob"
-            kopf.warn(body, reason=st.SPEC_IMMUTABLE, message=message)
+            post(body, [("Warning", st.SPEC_IMMUTABLE, message)])
             verdict = (False, st.SPEC_IMMUTABLE, message)
         else:
             verdict = (True, "Valid", "spec is valid")
@@ -346,7 +385,7 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
             kube().patch_rayjob(namespace, status["rayJobName"], {"spec": rayjob_patch})
             if "suspend" in rayjob_patch:
                 verb = "Suspending" if new_spec.suspend else "Resuming"
-                kopf.info(body, reason=verb, message=f"{verb.lower()} RayJob {status['rayJobName']}")
+                post(body, [("Normal", verb, f"{verb.lower()} RayJob {status['rayJobName']}")])
 
         def change(job: dict[str, Any]) -> dict[str, Any]:
             conditions = list((job.get("status") or {}).get("conditions") or [])
@@ -366,11 +405,19 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
 
     def mirror_rayjob(namespace: str, owner: str, rayjob: dict[str, Any], deleted: bool = False) -> None:
         events: list[tuple[str, str, str]] = []
+        # launch records rayJobName with kopf's status patch, which lands just after it created
+        # the RayJob; a state reported in between waits for it, so the two writes never race.
+        wait_until = time.monotonic() + LAUNCH_RECORD_WAIT
+        waiting = False
 
         def change(job: dict[str, Any]) -> Optional[dict[str, Any]]:
+            nonlocal waiting
             events.clear()
             current = job.get("status") or {}
             generation = job["metadata"].get("generation")
+            waiting = not current.get("rayJobName") and time.monotonic() < wait_until
+            if waiting:
+                return None
             if deleted:
                 if current.get("phase") in TERMINAL_PHASES or job["metadata"].get("deletionTimestamp"):
                     return None  # finished, or the job itself is going away (foreground deletion)
@@ -385,8 +432,11 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
             return outcome.status or None
 
         job = write_status(namespace, owner, change)
+        while waiting and job is not None:
+            time.sleep(0.05)
+            job = write_status(namespace, owner, change)
         if job is not None and events:
-            _post(_job_body(job), events)
+            post(job, events)
 
     @kopf.on.event("ray.io", "v1", "rayjobs", labels=MANAGED_BY, when=reported, registry=registry)
     def rayjob_changed(body: kopf.Body, type: Optional[str], namespace: str, **_: Any) -> None:
@@ -398,26 +448,6 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
     #
     # One background loop instead of a kopf timer per job: kopf timers put a finalizer on
     # every object they serve, and the operator must hold none.
-
-    active: dict[tuple[str, str], dict[str, Any]] = {}  # non-terminal jobs → their last seen status
-
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def track(type: Optional[str], status: kopf.Status, namespace: str, name: str, **_: Any) -> None:
-        # kopf's Event posting reads context variables that exist in handlers only; the
-        # background loop borrows them from here.
-        state.setdefault("context", contextvars.copy_context())
-        key = (namespace, name)
-        if type == "DELETED":
-            active.pop(key, None)
-            metrics.phases.pop(key, None)
-            return
-        phase = status.get("phase")
-        if phase:
-            metrics.phases[key] = phase
-        if phase in TERMINAL_PHASES:
-            active.pop(key, None)
-        else:
-            active[key] = dict(status)
 
     def poll_progress(namespace: str, name: str, current: dict[str, Any]) -> None:
         url = cfg.progress_url.format(cluster=current.get("rayClusterName") or f"{name}-raycluster",
@@ -468,7 +498,7 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
 
         job = write_status(namespace, name, change)
         if job is not None and events:
-            _post(_job_body(job), events)
+            post(job, events)
 
     def resync(namespace: str, name: str, current: dict[str, Any]) -> None:
         """Level-triggered safety net: re-mirror the RayJob in case an event was missed or its write failed."""
@@ -477,6 +507,8 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
         rayjob = kube().rayjob(namespace, current["rayJobName"])
         if rayjob is not None and reported(rayjob, "MODIFIED"):
             mirror_rayjob(namespace, name, rayjob)
+        elif rayjob is None and kube().rlhfjob(namespace, name) is None:
+            note(namespace, name, None)  # deleted with its children: stop tracking it
 
     async def background() -> None:
         limit = asyncio.Semaphore(8)
@@ -485,8 +517,7 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
         async def guarded(fn, *args) -> None:
             async with limit:
                 try:
-                    context = state.get("context") or contextvars.copy_context()
-                    await asyncio.get_running_loop().run_in_executor(None, context.copy().run, fn, *args)
+                    await asyncio.get_running_loop().run_in_executor(None, fn, *args)
                 except Exception:  # one job's trouble must not stop the loop
                     log.exception("background %s of %s/%s failed", fn.__name__, args[0], args[1])
 

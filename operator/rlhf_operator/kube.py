@@ -5,7 +5,10 @@ Handlers are sync and kopf runs them in worker threads, so blocking calls are fi
 
 from __future__ import annotations
 
+import datetime
 import logging
+import os
+import socket
 from typing import Any, Callable, Optional
 
 import kubernetes
@@ -16,6 +19,32 @@ from .spec import GROUP, PLURAL, VERSION
 log = logging.getLogger(__name__)
 
 _PLURALS = {("ray.io/v1", "RayJob"): ("ray.io", "v1", "rayjobs")}
+EVENT_SOURCE = "rlhf-operator"
+EVENT_MESSAGE_LIMIT = 1024
+
+
+def event_manifest(involved: dict[str, Any], type_: str, reason: str, message: str,
+                   now: Optional[datetime.datetime] = None, instance: Optional[str] = None) -> dict[str, Any]:
+    """A core/v1 Event about ``involved`` (its apiVersion, kind, name, namespace, uid): what
+    `kubectl describe` lists under Events."""
+    stamp = (now or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    meta = involved["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": involved["apiVersion"], "kind": involved["kind"], "name": meta["name"],
+                           "namespace": meta["namespace"], **({"uid": meta["uid"]} if meta.get("uid") else {})},
+        "type": type_,
+        "reason": reason,
+        "message": message[:EVENT_MESSAGE_LIMIT],
+        "source": {"component": EVENT_SOURCE},
+        "reportingComponent": EVENT_SOURCE,
+        "reportingInstance": instance or os.environ.get("HOSTNAME") or socket.gethostname(),
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
 
 
 class NotOwned(Exception):
@@ -106,6 +135,16 @@ class Kube:
             raise
 
     # ------------------------------------------------------------------ writes
+
+    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Record an Event; a failure is logged, never raised: the story is secondary to the work."""
+        body = event_manifest(involved, type_, reason, message)
+        try:
+            self.core.create_namespaced_event(body["metadata"]["namespace"], body,
+                                              _preload_content=False).release_conn()
+        except (ApiException, OSError) as exc:
+            log.warning("could not post event %s about %s/%s: %s", reason, body["metadata"]["namespace"],
+                        body["involvedObject"]["name"], exc)
 
     def patch_rayjob(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name, patch)

@@ -2,10 +2,11 @@
 
 ``render(job, code_sources)`` returns, in creation order:
 
-1. ``<job>-code-<hash>``: an immutable ConfigMap snapshot of the reward/agent code
-   (from inline source or the referenced ConfigMap's content), named by content hash;
-2. ``<job>-config``: the worker config (the same spec model, serialized);
-3. the ``ray.io/v1`` RayJob, whose Ray cluster runs ``python -m rlhf_workers``.
+1. the job's snapshot: one immutable ConfigMap with the worker config (the same spec model,
+   serialized) and the reward/agent code (from inline source or the referenced ConfigMap's
+   content). It is ``<job>-code-<hash>``, named by the code's hash, when the job has code to
+   snapshot, and ``<job>-config`` when it has none (a reward model, a remote reward);
+2. the ``ray.io/v1`` RayJob, whose Ray cluster runs ``python -m rlhf_workers``.
 
 Every object carries ``app.kubernetes.io/*`` labels and, when the job's uid is known, a
 controller ownerReference to the RLHFJob, so deleting the job deletes them.
@@ -89,12 +90,9 @@ def code_hash(files: Mapping[str, str]) -> str:
     return digest.hexdigest()[:10]
 
 
-def code_configmap_name(job_name: str, digest: str) -> str:
-    return f"{job_name}-code-{digest}"
-
-
-def config_configmap_name(job_name: str) -> str:
-    return f"{job_name}-config"
+def snapshot_configmap_name(job_name: str, code_digest: Optional[str]) -> str:
+    """The one ConfigMap the pods mount: named by the code's hash when there is code."""
+    return f"{job_name}-code-{code_digest}" if code_digest else f"{job_name}-config"
 
 
 def rayjob_name(job_name: str) -> str:
@@ -213,10 +211,20 @@ def _env(job: RLHFJob) -> list[dict[str, Any]]:
     return env
 
 
-def _volumes(job: RLHFJob, code_cm: Optional[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+@dataclass(frozen=True)
+class Snapshot:
+    """The job's snapshot ConfigMap, as the pods mount it."""
+
+    name: str
+    code_files: tuple[str, ...] = ()
+
+
+def _volumes(job: RLHFJob, snapshot: Snapshot) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     spec = job.spec
+    # One ConfigMap, two mounts: the worker config and the code each appear in their own directory.
     volumes: list[dict[str, Any]] = [
-        {"name": "rlhf-config", "configMap": {"name": config_configmap_name(job.metadata.name)}},
+        {"name": "rlhf-config", "configMap": {
+            "name": snapshot.name, "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}]}},
         # vLLM and NCCL need more shared memory than the container runtime's 64 MiB default.
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
         {"name": "checkpoints", **copy.deepcopy(spec.checkpoint.volume or {"emptyDir": {}})},
@@ -226,8 +234,9 @@ def _volumes(job: RLHFJob, code_cm: Optional[str]) -> tuple[list[dict[str, Any]]
         {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "checkpoints", "mountPath": spec.checkpoint.path},
     ]
-    if code_cm:
-        volumes.append({"name": "rlhf-code", "configMap": {"name": code_cm}})
+    if snapshot.code_files:
+        volumes.append({"name": "rlhf-code", "configMap": {
+            "name": snapshot.name, "items": [{"key": name, "path": name} for name in snapshot.code_files]}})
         mounts.append({"name": "rlhf-code", "mountPath": CODE_DIR, "readOnly": True})
     for extra in spec.cluster.volumes:
         volumes.append({"name": extra.name, **copy.deepcopy(extra.source)})
@@ -236,9 +245,9 @@ def _volumes(job: RLHFJob, code_cm: Optional[str]) -> tuple[list[dict[str, Any]]
 
 
 def _pod_template(job: RLHFJob, component: str, group: GroupSpec, container_name: str, image: str,
-                  code_cm: Optional[str], ports: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+                  snapshot: Snapshot, ports: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
     cluster = job.spec.cluster
-    volumes, mounts = _volumes(job, code_cm)
+    volumes, mounts = _volumes(job, snapshot)
     container: dict[str, Any] = {
         "name": container_name,
         "image": image,
@@ -297,18 +306,18 @@ def _submitter_template(job: RLHFJob, image: str, options: RenderOptions) -> dic
     }
 
 
-def _worker_group(job: RLHFJob, name: str, group: GroupSpec, image: str, code_cm: Optional[str]) -> dict[str, Any]:
+def _worker_group(job: RLHFJob, name: str, group: GroupSpec, image: str, snapshot: Snapshot) -> dict[str, Any]:
     return {
         "groupName": name,
         "replicas": group.replicas,
         "minReplicas": group.replicas,
         "maxReplicas": group.replicas,
         "rayStartParams": {},
-        "template": _pod_template(job, name, group, "ray-worker", image, code_cm),
+        "template": _pod_template(job, name, group, "ray-worker", image, snapshot),
     }
 
 
-def rayjob(job: RLHFJob, code_cm: Optional[str], digest: Optional[str], options: RenderOptions = RenderOptions()) -> dict[str, Any]:
+def rayjob(job: RLHFJob, snapshot: Snapshot, digest: Optional[str], options: RenderOptions = RenderOptions()) -> dict[str, Any]:
     spec = job.spec
     cluster = spec.cluster
     image = cluster.image or options.default_image
@@ -317,9 +326,9 @@ def rayjob(job: RLHFJob, code_cm: Optional[str], digest: Optional[str], options:
 
     groups = []
     if cluster.placement != "colocated" and cluster.rollout.replicas > 0:
-        groups.append(_worker_group(job, "rollout", cluster.rollout, image, code_cm))
+        groups.append(_worker_group(job, "rollout", cluster.rollout, image, snapshot))
     if cluster.trainer.replicas > 0:
-        groups.append(_worker_group(job, "trainer", cluster.trainer, image, code_cm))
+        groups.append(_worker_group(job, "trainer", cluster.trainer, image, snapshot))
 
     head_params = {"dashboard-host": "0.0.0.0"}
     if groups and not cluster.head.gpus:
@@ -339,7 +348,7 @@ def rayjob(job: RLHFJob, code_cm: Optional[str], digest: Optional[str], options:
             "rayVersion": cluster.ray_version,
             "headGroupSpec": {
                 "rayStartParams": head_params,
-                "template": _pod_template(job, "head", cluster.head, "ray-head", image, code_cm, head_ports),
+                "template": _pod_template(job, "head", cluster.head, "ray-head", image, snapshot, head_ports),
             },
             "workerGroupSpecs": groups,
         },
@@ -366,23 +375,14 @@ def render(job: RLHFJob, code_sources: Optional[Mapping[str, str]] = None,
     """
     files = snapshot_code(job.spec, code_sources or {})
     digest = code_hash(files) if files else None
-    name = job.metadata.name
-    objects: list[dict[str, Any]] = []
-    code_cm = None
-    if files:
-        code_cm = code_configmap_name(name, digest)
-        objects.append({
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": _metadata(job, code_cm, "code", annotations={CODE_HASH_ANNOTATION: digest}),
-            "immutable": True,
-            "data": dict(sorted(files.items())),
-        })
-    objects.append({
+    snapshot = Snapshot(snapshot_configmap_name(job.metadata.name, digest), tuple(sorted(files)))
+    config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(job, config_configmap_name(name), "config"),
-        "data": {CONFIG_FILE: worker_config(job, files, digest).to_json()},
-    })
-    objects.append(rayjob(job, code_cm, digest, options))
-    return objects
+        "metadata": _metadata(job, snapshot.name, "snapshot",
+                              annotations={CODE_HASH_ANNOTATION: digest} if digest else None),
+        # Never edited: the job runs what it was created with (a spec change cannot alter it).
+        "immutable": True,
+        "data": {CONFIG_FILE: worker_config(job, files, digest).to_json(), **dict(sorted(files.items()))},
+    }
+    return [config_map, rayjob(job, snapshot, digest, options)]

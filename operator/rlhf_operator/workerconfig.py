@@ -1,6 +1,6 @@
 """What the workers read: the job's spec plus where the operator (or `rlhf run`) put things.
 
-The operator renders it into the ``<job>-config`` ConfigMap, mounted at CONFIG_DIR; the
+The operator renders it into the job's snapshot ConfigMap, mounted at CONFIG_DIR; the
 RayJob entrypoint is ``python -m rlhf_workers --config CONFIG_DIR/CONFIG_FILE``.
 `rlhf run` builds the same object from a local job file.
 """

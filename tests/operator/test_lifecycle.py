@@ -35,19 +35,19 @@ def reasons(kube, name="demo"):
     return [e["reason"] for e in kube.events(NS, involved_name=name, involved_kind="RLHFJob")]
 
 
-def test_create_makes_configmaps_and_rayjob_owned_by_the_job(kube, operator):
+def test_create_makes_the_snapshot_configmap_and_rayjob_owned_by_the_job(kube, operator):
     operator.start()
     job = kube.create(rlhfjob())
     rayjob = kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
     status = wait_phase(kube, "Pending", "RayJobCreated")
     uid = job["metadata"]["uid"]
     config_maps = kube.list("v1/configmaps", NS, label_selector="rlhf.dev/job-name=demo")
-    assert sorted(cm["metadata"]["name"] for cm in config_maps) == sorted([f"demo-code-{status['codeHash']}", "demo-config"])
+    assert [cm["metadata"]["name"] for cm in config_maps] == [f"demo-code-{status['codeHash']}"]
     for obj in [rayjob, *config_maps]:
         owner, = obj["metadata"]["ownerReferences"]
         assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == ("RLHFJob", "demo", uid, True)
-    code = next(cm for cm in config_maps if cm["metadata"]["name"].startswith("demo-code-"))
-    assert code["data"]["reward_func.py"] == REWARD
+    code, = config_maps
+    assert code["data"]["reward_func.py"] == REWARD and "worker.json" in code["data"]
     assert status["rayJobName"] == "demo" and status["observedGeneration"] == job["metadata"]["generation"]
     assert conditions(status)["Validated"]["status"] == "True"
     assert rayjob_errors({k: v for k, v in rayjob.items() if k != "status"}) == []
@@ -298,11 +298,11 @@ def test_restart_after_launch_makes_no_duplicates(kube, operator):
     operator.restart()
     kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING")
     wait_phase(kube, "Running")
-    assert children(kube) == before and len(before[0]) == 1 and len(before[1]) == 2
+    assert children(kube) == before and len(before[0]) == 1 and len(before[1]) == 1
 
 
 def test_restart_after_partial_creation_completes_the_children(kube, operator):
-    """Operator died after creating the code ConfigMap only: the resumed one adopts it and creates the rest."""
+    """Operator died after creating the snapshot ConfigMap only: the resumed one adopts it and creates the RayJob."""
     from rlhf_operator.render import render
     from rlhf_operator.validation import parse_job
 
@@ -314,7 +314,7 @@ def test_restart_after_partial_creation_completes_the_children(kube, operator):
     kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
     wait_phase(kube, "Pending", "RayJobCreated")
     rayjobs, config_maps = children(kube)
-    assert rayjobs == ["demo"] and config_maps == sorted([code_cm["metadata"]["name"], "demo-config"])
+    assert rayjobs == ["demo"] and config_maps == [code_cm["metadata"]["name"]]
 
 
 def test_status_changes_while_the_operator_is_down_are_picked_up(kube, operator):

@@ -53,7 +53,7 @@ def test_render_prints_every_object_as_yaml(tmp_path):
     result = rlhf("render", write(tmp_path, job()), "--uid", "abc-123")
     assert result.returncode == 0, result.stderr
     objects = list(yaml.safe_load_all(result.stdout))
-    assert [o["kind"] for o in objects] == ["ConfigMap", "ConfigMap", "RayJob"]
+    assert [o["kind"] for o in objects] == ["ConfigMap", "RayJob"]
     assert objects[-1]["metadata"]["ownerReferences"][0]["uid"] == "abc-123"
     assert rayjob_errors(objects[-1]) == []
 
@@ -83,7 +83,7 @@ def test_render_without_the_configmap_still_renders_with_a_warning(tmp_path):
     result = rlhf("render", write(tmp_path, doc))
     assert result.returncode == 0
     assert "--configmap rw=FILE" in result.stderr
-    assert [o["kind"] for o in yaml.safe_load_all(result.stdout)] == ["ConfigMap", "ConfigMap", "RayJob"]
+    assert [o["kind"] for o in yaml.safe_load_all(result.stdout)] == ["ConfigMap", "RayJob"]
 
 
 def test_crd_command_prints_the_committed_crd():

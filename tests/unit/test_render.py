@@ -29,14 +29,36 @@ def by_kind(objects):
     return {(o["kind"], o["metadata"]["name"]): o for o in objects}
 
 
-def test_renders_code_snapshot_config_and_rayjob_in_creation_order():
+def test_renders_one_snapshot_configmap_then_the_rayjob():
     objects = rendered(job())
-    assert [o["kind"] for o in objects] == ["ConfigMap", "ConfigMap", "RayJob"]
-    code, config, rayjob = objects
-    assert code["metadata"]["name"].startswith("demo-code-") and code["immutable"] is True
-    assert code["data"] == {"reward_func.py": REWARD_SOURCE}
-    assert config["metadata"]["name"] == "demo-config"
+    assert [o["kind"] for o in objects] == ["ConfigMap", "RayJob"]
+    snapshot, rayjob = objects
+    digest = snapshot["metadata"]["annotations"]["rlhf.dev/code-hash"]
+    assert snapshot["metadata"]["name"] == f"demo-code-{digest}" and snapshot["immutable"] is True
+    assert sorted(snapshot["data"]) == ["reward_func.py", "worker.json"]
+    assert snapshot["data"]["reward_func.py"] == REWARD_SOURCE
     assert rayjob["metadata"]["name"] == "demo" and rayjob["metadata"]["namespace"] == "team-a"
+
+
+def test_the_snapshot_is_mounted_as_config_and_code_directories():
+    snapshot, rayjob = rendered(job())
+    pod = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["rlhf-config"]["configMap"] == {"name": snapshot["metadata"]["name"],
+                                                    "items": [{"key": "worker.json", "path": "worker.json"}]}
+    assert volumes["rlhf-code"]["configMap"] == {"name": snapshot["metadata"]["name"],
+                                                  "items": [{"key": "reward_func.py", "path": "reward_func.py"}]}
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["rlhf-config"] == "/etc/rlhf/config" and mounts["rlhf-code"] == "/etc/rlhf/code"
+
+
+def test_a_job_without_code_gets_a_config_only_snapshot():
+    doc = job(reward={"remote": {"url": "http://rm.team-a.svc:8000/score"}})
+    snapshot, rayjob = rendered(doc)
+    assert snapshot["metadata"]["name"] == "demo-config" and list(snapshot["data"]) == ["worker.json"]
+    pod = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    assert "rlhf-code" not in {v["name"] for v in pod["volumes"]}
+    assert "rlhf.dev/code-hash" not in (rayjob["metadata"].get("annotations") or {})
 
 
 def test_every_object_is_owned_by_the_job_and_labelled():
@@ -77,7 +99,7 @@ def test_path_code_is_not_snapshotted_and_the_worker_reads_the_path():
 
 def test_worker_config_is_the_same_spec_model_pointing_at_the_mounted_snapshot():
     doc = job(algorithm={"advantageEstimator": "rloo", "nSamplesPerPrompt": 4})
-    config_map = rendered(doc)[1]
+    config_map = rendered(doc)[0]
     config = WorkerConfig.model_validate(json.loads(config_map["data"]["worker.json"]))
     assert config.spec.algorithm.advantage_estimator == "rloo"
     assert config.reward_code_path == "/etc/rlhf/code/reward_func.py"
