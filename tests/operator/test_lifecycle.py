@@ -1,5 +1,6 @@
 """RLHFJob → RayJob lifecycle with the real kopf operator against the API emulator."""
 
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -315,6 +316,46 @@ def test_restart_after_partial_creation_completes_the_children(kube, operator):
     wait_phase(kube, "Pending", "RayJobCreated")
     rayjobs, config_maps = children(kube)
     assert rayjobs == ["demo"] and config_maps == [code_cm["metadata"]["name"]]
+
+
+def test_kuberay_reporting_the_instant_the_rayjob_exists_is_not_overwritten_by_launch(kube, operator):
+    """KubeRay may report before launch's own status write lands; the mirrored phase must survive it."""
+    import threading
+
+    def play_kuberay_at_once():
+        while kube.get(RAYJOBS, "demo", NS) is None:
+            time.sleep(0.0005)
+        kuberay(kube, jobDeploymentStatus="Initializing", jobStatus="")
+        kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING")
+
+    operator.start()
+    player = threading.Thread(target=play_kuberay_at_once, daemon=True)
+    player.start()
+    kube.create(rlhfjob())
+    player.join(10)
+    status = wait_phase(kube, "Running")
+    time.sleep(0.5)  # launch's write would have landed by now
+    status = job_status(kube)
+    assert status["phase"] == "Running" and status["rayJobName"] == "demo"
+    assert conditions(status)["Validated"]["status"] == "True" and conditions(status)["Running"]["status"] == "True"
+
+
+def test_rayjob_state_reported_before_launch_recorded_it_is_mirrored_after(kube, operator):
+    """The operator died between creating the RayJob and recording it, and KubeRay moved on meanwhile:
+    the mirror waits for the resumed launch to record rayJobName, then mirrors, and nothing is lost."""
+    from rlhf_operator.render import render
+    from rlhf_operator.validation import parse_job
+
+    job = kube.create(rlhfjob())
+    for obj in render(parse_job(job)):
+        kube.create(obj)
+    kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING", rayClusterName="demo-raycluster-x")
+    operator.start()
+    status = wait_phase(kube, "Running")
+    assert status["rayJobName"] == "demo" and status["codeHash"]
+    assert conditions(status)["Validated"]["status"] == "True" and conditions(status)["Running"]["status"] == "True"
+    kube.wait_for(lambda: "Training" in reasons(kube))
+    assert children(kube) == (["demo"], [render(parse_job(job))[0]["metadata"]["name"]])
 
 
 def test_status_changes_while_the_operator_is_down_are_picked_up(kube, operator):

@@ -132,3 +132,20 @@ def test_stale_heartbeat_stalls_and_fresh_one_recovers():
 def test_missing_heartbeat_counts_as_stalled():
     conditions, _ = st.stall_update({}, None, 600, 1)
     assert conditions[0]["status"] == "True"
+
+
+def test_event_manifest_is_a_valid_core_event_about_the_job():
+    from k8s_schemas import core_errors
+    from rlhf_operator.kube import event_manifest
+
+    job = {"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFJob",
+           "metadata": {"name": "demo", "namespace": "team-a", "uid": "0f1e"}}
+    event = event_manifest(job, "Warning", "ValidationFailed", "x" * 5000,
+                           now=datetime(2026, 1, 1, tzinfo=timezone.utc), instance="op-0")
+    assert core_errors(event) == []
+    assert event["involvedObject"] == {"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFJob", "name": "demo",
+                                       "namespace": "team-a", "uid": "0f1e"}
+    assert event["metadata"] == {"generateName": "demo.", "namespace": "team-a"}
+    assert (event["type"], event["reason"], len(event["message"])) == ("Warning", "ValidationFailed", 1024)
+    assert event["firstTimestamp"] == event["lastTimestamp"] == "2026-01-01T00:00:00Z"
+    assert event["source"] == {"component": "rlhf-operator"} and event["reportingInstance"] == "op-0"
