@@ -13,6 +13,7 @@ call them, and write.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -24,7 +25,7 @@ from typing import Any, Optional
 import kopf
 
 from . import status as st
-from .kube import Kube, NotOwned, api_client
+from .kube import Kube, NotOwned, api_client, is_transient
 from .progress import PROGRESS_PORT, ProgressReport
 from .render import RenderOptions, code_refs, render, snapshot_configmap_name
 from .spec import (GROUP, KIND, MUTABLE_FIELDS, PLURAL, TERMINAL_PHASES, VERSION, Phase, RLHFJob, _snake,
@@ -34,6 +35,7 @@ from .workerconfig import REWARD_FILE
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "rlhf-operator"}
 LAUNCH_RECORD_WAIT = 30.0  # seconds the RayJob mirror waits for launch to record rayJobName
+API_RETRY_SECONDS = 3.0  # retry delay after an API server outage (kopf's default is 60 s)
 log = logging.getLogger(__name__)
 
 
@@ -116,6 +118,20 @@ def _owner_name(rayjob: dict[str, Any]) -> Optional[str]:
         if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(GROUP + "/"):
             return ref.get("name")
     return None
+
+
+def retry_api_outages(handler):
+    """Retry a handler soon when the API server was unreachable or overloaded, instead of after
+    kopf's default minute: nothing was lost, the handler is idempotent."""
+    @functools.wraps(handler)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return handler(*args, **kwargs)
+        except Exception as exc:
+            if is_transient(exc):
+                raise kopf.TemporaryError(f"Kubernetes API unavailable: {exc}", delay=API_RETRY_SECONDS) from exc
+            raise
+    return wrapper
 
 
 class CodeUnavailable(Exception):
@@ -259,6 +275,7 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+    @retry_api_outages
     def launch(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch,
                namespace: str, name: str, uid: str, logger: kopf.Logger, **_: Any) -> None:
         current = dict(status)
@@ -352,6 +369,7 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
     # ------------------------------------------------------------------ spec edits
 
     @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)
+    @retry_api_outages
     def spec_changed(body: kopf.Body, old: Optional[dict], new: Optional[dict], meta: kopf.Meta, status: kopf.Status,
                      namespace: str, name: str, **_: Any) -> None:
         generation = meta.get("generation")

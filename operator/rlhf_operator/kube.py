@@ -12,6 +12,7 @@ import socket
 from typing import Any, Callable, Optional
 
 import kubernetes
+import urllib3
 from kubernetes.client.rest import ApiException
 
 from .spec import GROUP, PLURAL, VERSION
@@ -45,6 +46,13 @@ def event_manifest(involved: dict[str, Any], type_: str, reason: str, message: s
         "lastTimestamp": stamp,
         "count": 1,
     }
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An API server outage or overload (retry soon), as opposed to a refusal (403, 422, ...)."""
+    if isinstance(exc, ApiException):
+        return exc.status in (429, 500, 502, 503, 504) or not exc.status
+    return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
 
 
 class NotOwned(Exception):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -28,6 +29,16 @@ def run_operator(namespaces: Sequence[str] = (), all_namespaces: bool = False, v
     kopf.configure(verbose=verbose)
     if not verbose:
         logging.getLogger().setLevel(getattr(logging, cfg.log_level.upper(), logging.INFO))
+    # What is loaded now (kopf, the kubernetes client's many model classes, imported lazily
+    # by attribute) lives as long as the process: keep it out of the garbage collector's passes.
+    import kubernetes
+
+    kubernetes.client.CoreV1Api, kubernetes.client.CustomObjectsApi  # noqa: B018
+    gc.collect()
+    gc.freeze()
+    # Each job allocates thousands of short-lived dicts (request and watch bodies); collecting
+    # every 700 allocations cost ~10% of the operator's CPU with hundreds of jobs.
+    gc.set_threshold(10_000, 20, 20)
     with _event_loop() as loop:
         kopf.run(
             loop=loop,

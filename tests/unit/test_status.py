@@ -149,3 +149,25 @@ def test_event_manifest_is_a_valid_core_event_about_the_job():
     assert (event["type"], event["reason"], len(event["message"])) == ("Warning", "ValidationFailed", 1024)
     assert event["firstTimestamp"] == event["lastTimestamp"] == "2026-01-01T00:00:00Z"
     assert event["source"] == {"component": "rlhf-operator"} and event["reportingInstance"] == "op-0"
+
+
+def test_api_outages_are_retried_soon_and_refusals_are_not():
+    import kopf
+    import urllib3
+    from kubernetes.client.rest import ApiException
+
+    from rlhf_operator.handlers import API_RETRY_SECONDS, retry_api_outages
+    from rlhf_operator.kube import is_transient
+
+    assert is_transient(ApiException(status=503)) and is_transient(ApiException(status=429))
+    assert is_transient(urllib3.exceptions.NewConnectionError(None, "refused")) and is_transient(ConnectionResetError())
+    assert not is_transient(ApiException(status=403)) and not is_transient(ApiException(status=422))
+    assert not is_transient(ValueError("bug"))
+
+    def handler(exc, **_):
+        raise exc
+    with pytest.raises(kopf.TemporaryError) as retried:
+        retry_api_outages(handler)(ApiException(status=503), namespace="ns")
+    assert retried.value.delay == API_RETRY_SECONDS
+    with pytest.raises(ApiException):
+        retry_api_outages(handler)(ApiException(status=403))
