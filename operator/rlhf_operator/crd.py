@@ -148,61 +148,22 @@ def spec_schema() -> dict[str, Any]:
     return schema
 
 
-def _status_schema() -> dict[str, Any]:
-    string = {"type": "string"}
-    number = {"type": "number"}
-    return {
-        "type": "object",
-        "description": "Observed state, written by the operator only.",
-        # kopf keeps its own bookkeeping under status; it must survive pruning.
-        "x-kubernetes-preserve-unknown-fields": True,
-        "properties": {
-            "phase": {"type": "string", "enum": [p.value for p in s.Phase]},
-            "reason": string,
-            "message": string,
-            "conditions": {
-                "type": "array",
-                "x-kubernetes-list-type": "map",
-                "x-kubernetes-list-map-keys": ["type"],
-                "items": {
-                    "type": "object",
-                    "required": ["type", "status"],
-                    "properties": {
-                        "type": string,
-                        "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-                        "reason": string,
-                        "message": string,
-                        "lastTransitionTime": {"type": "string", "format": "date-time"},
-                        "observedGeneration": {"type": "integer", "format": "int64"},
-                    },
-                },
-            },
-            "rayJobName": string,
-            "rayClusterName": string,
-            "dashboardURL": string,
-            "codeHash": string,
-            "progress": {
-                "type": "object",
-                "properties": {
-                    "step": {"type": "integer"},
-                    "totalSteps": {"type": "integer"},
-                    "episode": {"type": "integer"},
-                    "rewardMean": number,
-                    "scoreMean": number,
-                    "kl": number,
-                    "samplesPerSecond": number,
-                    "lastWeightSync": string,
-                    "heartbeat": string,
-                    "updated": string,
-                },
-            },
-            "lastCheckpoint": string,
-            "attempts": {"type": "integer"},
-            "startTime": {"type": "string", "format": "date-time"},
-            "completionTime": {"type": "string", "format": "date-time"},
-            "observedGeneration": {"type": "integer", "format": "int64"},
-        },
-    }
+def status_schema() -> dict[str, Any]:
+    raw = s.RLHFJobStatus.model_json_schema(by_alias=True, mode="serialization")
+    defs = raw.pop("$defs", {})
+    schema = _structural(_resolve(raw, defs))
+    _drop_defaults(schema)  # the API server would fill them into every status it returns
+    schema["x-kubernetes-preserve-unknown-fields"] = True  # _structural drops it with additionalProperties
+    return schema
+
+
+def _drop_defaults(node: dict[str, Any]) -> None:
+    node.pop("default", None)
+    node.pop(_OPTIONAL, None)
+    for child in (node.get("properties") or {}).values():
+        _drop_defaults(child)
+    if isinstance(node.get("items"), dict):
+        _drop_defaults(node["items"])
 
 
 PRINTER_COLUMNS = [
@@ -250,7 +211,7 @@ def crd() -> dict[str, Any]:
                         "kind": {"type": "string"},
                         "metadata": {"type": "object"},
                         "spec": spec_schema(),
-                        "status": _status_schema(),
+                        "status": status_schema(),
                     },
                 }},
             }],

@@ -1,6 +1,7 @@
 """The status machine as a pure function of what KubeRay reports."""
 
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -171,3 +172,31 @@ def test_api_outages_are_retried_soon_and_refusals_are_not():
     assert retried.value.delay == API_RETRY_SECONDS
     with pytest.raises(ApiException):
         retry_api_outages(handler)(ApiException(status=403))
+
+
+def test_every_status_the_machine_writes_fits_the_generated_status_schema():
+    from k8s_schemas import crd_errors
+    from rlhf_operator.spec import RLHFJobStatus
+
+    crd = Path(__file__).resolve().parents[2] / "crds" / "rlhf.dev_rlhfjobs.yaml"
+    sequences = [
+        (rayjob("Initializing", cluster="demo-abc"), rayjob("Running", "RUNNING"), rayjob("Complete", "SUCCEEDED", succeeded=1)),
+        (rayjob("Running", "RUNNING"), rayjob("Retrying", "FAILED", failed=1, backoff=2), rayjob("Running", "RUNNING", failed=1, backoff=2)),
+        (rayjob("Failed", "FAILED", reason="DeadlineExceeded", message="deadline", failed=1),),
+        (rayjob(suspend=True, queued=True), rayjob("Suspended", suspend=True)),
+    ]
+    launched = {"rayJobName": "demo", "codeHash": "0123456789", "observedGeneration": 1,
+                "progress": {"step": 3, "totalSteps": 10, "rewardMean": 0.5, "heartbeat": "2026-01-01T00:00:00Z"},
+                "lastCheckpoint": "/checkpoints/step-3", "kopf": {"diffbase": "{}"}}
+    for sequence in sequences:
+        current, _ = walk(*sequence)
+        status = {**launched, **current}
+        stalled = st.stall_update(status, None, 600, 1)
+        status["conditions"] = stalled[0] if stalled else status["conditions"]
+        model = RLHFJobStatus.model_validate(status)
+        assert set(model.model_extra) == {"kopf"}, model.model_extra  # every other field is declared
+        job = {"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFJob", "metadata": {"name": "demo"},
+               "spec": {"model": {"path": "/m"}, "data": {"prompts": "/p.jsonl"},
+                        "reward": {"remote": {"url": "http://rm/score"}}},
+               "status": status}
+        assert crd_errors(job, crd, "v1alpha1") == []
