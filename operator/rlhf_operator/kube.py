@@ -150,7 +150,7 @@ class Kube:
         try:
             self.core.create_namespaced_event(body["metadata"]["namespace"], body,
                                               _preload_content=False).release_conn()
-        except (ApiException, OSError) as exc:
+        except (ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
             log.warning("could not post event %s about %s/%s: %s", reason, body["metadata"]["namespace"],
                         body["involvedObject"]["name"], exc)
 
