@@ -200,3 +200,18 @@ def test_every_status_the_machine_writes_fits_the_generated_status_schema():
                         "reward": {"remote": {"url": "http://rm/score"}}},
                "status": status}
         assert crd_errors(job, crd, "v1alpha1") == []
+
+
+def test_diff_base_is_kopfs_for_rlhfjobs_and_empty_for_rayjobs():
+    import kopf
+
+    from rlhf_operator.handlers import _RLHFJobDiffBase
+
+    ours, stock = _RLHFJobDiffBase(field="status.kopf.diffbase"), kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
+    job = kopf.Body({"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFJob",
+                     "metadata": {"name": "demo", "labels": {"team": "a"}, "resourceVersion": "7", "uid": "u"},
+                     "spec": {"model": {"path": "/m"}}, "status": {"phase": "Running", "kopf": {"diffbase": "{}"}}})
+    for fields in (None, {("spec",)}, {("status", "phase")}):
+        assert ours.build(body=job, extra_fields=fields) == stock.build(body=job, extra_fields=fields)
+    rayjob = kopf.Body({"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "demo"}, "spec": {"entrypoint": "x"}})
+    assert ours.build(body=rayjob) == {}
