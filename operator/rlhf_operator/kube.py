@@ -6,6 +6,7 @@ Handlers are sync and kopf runs them in worker threads, so blocking calls are fi
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
 import socket
@@ -59,6 +60,23 @@ class NotOwned(Exception):
     """A child's name is taken by an object this job does not own."""
 
 
+class _ApiClient(kubernetes.client.ApiClient):
+    """The kubernetes client without one defensive walk: before sending, it rebuilds every
+    request body node by node to turn client model objects into plain data. The bodies the
+    operator builds itself (rendered manifests, patches) are plain JSON dicts already, and the
+    walk was a quarter of each call's CPU. Model objects still get the client's own conversion.
+    """
+
+    def sanitize_for_serialization(self, obj: Any) -> Any:
+        if type(obj) is dict:
+            return obj
+        return _CONVERT(_PLAIN_CLIENT, obj)  # the original walk, all the way down
+
+
+_CONVERT = kubernetes.client.ApiClient.sanitize_for_serialization
+_PLAIN_CLIENT = object.__new__(kubernetes.client.ApiClient)  # only its conversion is used
+
+
 def api_client(kubeconfig: Optional[str] = None) -> kubernetes.client.ApiClient:
     """A client for the cluster: the given kubeconfig, the in-cluster account, or ~/.kube/config."""
     configuration = kubernetes.client.Configuration()
@@ -71,7 +89,7 @@ def api_client(kubeconfig: Optional[str] = None) -> kubernetes.client.ApiClient:
             kubernetes.config.load_kube_config(client_configuration=configuration)
     # Handlers run in up to OperatorConfig.max_workers threads that share this client.
     configuration.connection_pool_maxsize = 32
-    return kubernetes.client.ApiClient(configuration)
+    return _ApiClient(configuration)
 
 
 def _owned_by(obj: dict[str, Any], uid: str) -> bool:
@@ -98,7 +116,8 @@ class Kube:
     def _get(self, obj: dict[str, Any]) -> dict[str, Any]:
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         if obj["kind"] == "ConfigMap":
-            return self.core.api_client.sanitize_for_serialization(self.core.read_namespaced_config_map(name, ns))
+            response = self.core.read_namespaced_config_map(name, ns, _preload_content=False)
+            return json.loads(response.data)
         group, version, plural = _PLURALS[(obj["apiVersion"], obj["kind"])]
         return self.custom.get_namespaced_custom_object(group, version, ns, plural, name)
 

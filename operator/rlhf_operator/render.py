@@ -166,20 +166,25 @@ def worker_config(job: RLHFJob, files: Mapping[str, str], digest: Optional[str])
 # --------------------------------------------------------------------------- pods
 
 
-_CONTAINER_SECURITY = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "runAsNonRoot": True,
-    "runAsUser": RUN_AS_USER,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-_POD_SECURITY = {
-    "runAsNonRoot": True,
-    "runAsUser": RUN_AS_USER,
-    "runAsGroup": RUN_AS_USER,
-    "fsGroup": RUN_AS_USER,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
+# Functions, not constants: every pod gets its own dicts (cheaper than deep copies).
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def _resources(group: GroupSpec) -> dict[str, Any]:
@@ -253,7 +258,7 @@ def _pod_template(job: RLHFJob, component: str, group: GroupSpec, container_name
         "image": image,
         "env": _env(job),
         "volumeMounts": mounts,
-        "securityContext": copy.deepcopy(_CONTAINER_SECURITY),
+        "securityContext": _container_security(),
     }
     if cluster.image_pull_policy:
         container["imagePullPolicy"] = cluster.image_pull_policy
@@ -265,7 +270,7 @@ def _pod_template(job: RLHFJob, component: str, group: GroupSpec, container_name
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": copy.deepcopy(_POD_SECURITY),
+        "securityContext": _pod_security(),
         "containers": [container],
         "volumes": volumes,
     }
@@ -292,7 +297,7 @@ def _submitter_template(job: RLHFJob, image: str, options: RenderOptions) -> dic
         "name": "ray-job-submitter",
         "image": image,
         "resources": {"requests": dict(amounts), "limits": dict(amounts)},
-        "securityContext": copy.deepcopy(_CONTAINER_SECURITY),
+        "securityContext": _container_security(),
     }
     return {
         "metadata": {"labels": labels(job, "submitter")},
@@ -300,7 +305,7 @@ def _submitter_template(job: RLHFJob, image: str, options: RenderOptions) -> dic
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
-            "securityContext": copy.deepcopy(_POD_SECURITY),
+            "securityContext": _pod_security(),
             "containers": [container],
         },
     }
