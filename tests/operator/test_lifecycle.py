@@ -333,7 +333,7 @@ def test_kuberay_reporting_the_instant_the_rayjob_exists_is_not_overwritten_by_l
     player.start()
     kube.create(rlhfjob())
     player.join(10)
-    status = wait_phase(kube, "Running")
+    wait_phase(kube, "Running")
     time.sleep(0.5)  # launch's write would have landed by now
     status = job_status(kube)
     assert status["phase"] == "Running" and status["rayJobName"] == "demo"
