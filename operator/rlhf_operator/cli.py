@@ -45,21 +45,14 @@ def dump_yaml_documents(objects: Sequence[dict]) -> str:
 
 def _configmap_sources(pairs: Sequence[str], job_dir: Path) -> dict[str, dict[str, str]]:
     """--configmap NAME=FILE: FILE is a ConfigMap manifest, or a source file used for any key."""
+    from .validation import load_configmap_file
+
     found: dict[str, dict[str, str]] = {}
     for pair in pairs:
         if "=" not in pair:
             raise SystemExit(f"rlhf: --configmap expects NAME=FILE (got {pair!r})")
         name, file = pair.split("=", 1)
-        path = Path(file) if Path(file).is_absolute() or Path(file).exists() else job_dir / file
-        text = path.read_text()
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError:
-            doc = None
-        if isinstance(doc, dict) and doc.get("kind") == "ConfigMap":
-            found[name] = dict(doc.get("data") or {})
-        else:
-            found[name] = {"*": text}
+        found[name] = load_configmap_file(file, job_dir)
     return found
 
 
@@ -67,7 +60,7 @@ def _resolve_code(job, configmaps: dict[str, dict[str, str]], job_dir: Path) -> 
     """Source for each configMapRef: from --configmap, else a file named like the key beside
     the job file, else a placeholder (with a warning) so the rest can still be rendered."""
     from .render import code_refs
-    from .validation import FieldError, InvalidJob
+    from .validation import ANY_KEY, FieldError, InvalidJob
 
     sources: dict[str, str] = {}
     errors = []
@@ -81,8 +74,8 @@ def _resolve_code(job, configmaps: dict[str, dict[str, str]], job_dir: Path) -> 
             print(f"rlhf: {ref.field}: ConfigMap {ref.config_map!r} not given; the code snapshot holds a placeholder"
                   f" (pass --configmap {ref.config_map}=FILE for the real one)", file=sys.stderr)
             sources[ref.file] = f"# placeholder: the operator copies ConfigMap {ref.config_map!r} key {ref.key!r} here\n"
-        elif ref.key in data or "*" in data:
-            sources[ref.file] = data.get(ref.key, data.get("*"))
+        elif ref.key in data or ANY_KEY in data:
+            sources[ref.file] = data.get(ref.key, data.get(ANY_KEY))
         else:
             errors.append(FieldError(ref.field, f"ConfigMap {ref.config_map!r} has no key {ref.key!r}"
                                      f" (it has: {', '.join(sorted(data)) or 'nothing'})"))

@@ -140,6 +140,24 @@ def load_documents(path: Path | str) -> list[Any]:
         raise InvalidJob([FieldError(str(path), f"is not valid YAML: {exc}")]) from None
 
 
+ANY_KEY = "*"  # the key of a source file given in place of a ConfigMap manifest
+
+
+def load_configmap_file(file: str, job_dir: Path) -> dict[str, str]:
+    """The data of a ConfigMap given locally (`--configmap NAME=FILE`, for `rlhf render` and
+    `rlhf run`): FILE is a ConfigMap manifest, or a source file that stands for any key
+    (returned under ANY_KEY). A relative FILE is tried as given, then beside the job file."""
+    path = Path(file) if Path(file).is_absolute() or Path(file).exists() else job_dir / file
+    text = path.read_text()
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError:
+        doc = None
+    if isinstance(doc, dict) and doc.get("kind") == "ConfigMap":
+        return {str(k): str(v) for k, v in (doc.get("data") or {}).items()}
+    return {ANY_KEY: text}
+
+
 def load_job(path: Path | str, name: Optional[str] = None) -> RLHFJob:
     """Load the RLHFJob from a YAML file (the first one, or the one called ``name``)."""
     docs = [d for d in load_documents(path) if isinstance(d, dict) and d.get("kind") == KIND]

@@ -287,6 +287,13 @@ def test_local_config_inline_and_configmap_code(tmp_path):
     """))
     config = prepare_local_config(str(job), str(tmp_path / "out"), {"my-reward": str(manifest)})
     assert "[2.0]" in Path(config.reward_code_path).read_text()
+    source = tmp_path / "mine.py"  # a source file stands for the ConfigMap's key
+    source.write_text("def reward_func(q, p, l):\n    return {'rewards': [3.0] * len(q)}\n")
+    config = prepare_local_config(str(job), str(tmp_path / "out"), {"my-reward": "mine.py"})
+    assert "[3.0]" in Path(config.reward_code_path).read_text()
+    manifest.write_text(manifest.read_text().replace("reward_func.py:", "other.py:"))
+    with pytest.raises(ValueError, match="has no key 'reward_func.py' \\(it has: other.py\\)"):
+        prepare_local_config(str(job), str(tmp_path / "out"), {"my-reward": str(manifest)})
 
 
 def test_run_local_exit_codes_for_unusable_jobs(tmp_path, capsys):

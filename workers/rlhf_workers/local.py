@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import yaml
 
 TINY_MODEL_ANNOTATION = "rlhf.dev/create-tiny-model"
 
@@ -57,21 +56,16 @@ def _resolve(path: Optional[str], base: Path) -> Optional[str]:
 
 def _configmap_code(ref, role_file: str, configmap_files: dict[str, str], job_dir: Path, field: str) -> str:
     """Source text of a configMapRef, from a local file."""
+    from rlhf_operator.validation import ANY_KEY, load_configmap_file
+
     key = ref.key or role_file
     given = configmap_files.get(ref.name)
     if given is not None:
-        path = Path(given) if Path(given).is_absolute() or Path(given).exists() else job_dir / given
-        text = path.read_text()
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError:
-            doc = None
-        if isinstance(doc, dict) and doc.get("kind") == "ConfigMap":
-            data = doc.get("data") or {}
-            if key not in data:
-                raise ValueError(f"{field}: ConfigMap {ref.name!r} in {path} has no key {key!r} (it has: {', '.join(data) or 'nothing'})")
-            return data[key]
-        return text
+        data = load_configmap_file(given, job_dir)
+        if key in data or ANY_KEY in data:
+            return data.get(key, data.get(ANY_KEY))
+        raise ValueError(f"{field}: ConfigMap {ref.name!r} in {given} has no key {key!r}"
+                         f" (it has: {', '.join(data) or 'nothing'})")
     beside = job_dir / key
     if beside.is_file():
         print(f"rlhf run: {field}: using {beside} for ConfigMap {ref.name!r} key {key!r}", file=sys.stderr)
