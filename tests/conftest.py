@@ -15,3 +15,11 @@ for key, value in {
     "WANDB_MODE": "offline",
 }.items():
     os.environ.setdefault(key, value)
+
+# CI runs property tests with fixed seeds, so a red run is reproducible and never a dice
+# roll; locally (or with HYPOTHESIS_PROFILE=explore) each run draws new examples.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+_hypothesis_settings.register_profile("explore")
+_hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "explore"))

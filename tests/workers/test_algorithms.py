@@ -405,9 +405,11 @@ def test_prop_whitened_advantages_standardised(data, length, draw):
     mask = (torch.arange(length).unsqueeze(0) < t(lengths).unsqueeze(1)).float()
     res = alg.compute_advantages("reinforce", r, mask, n)
     vals = res.advantages[mask.bool()]
-    # float32: when returns nearly tie, whitening divides by a tiny std and rounding shows.
-    assert vals.mean().abs().item() < 1e-3
+    assert torch.isfinite(vals).all()
+    # float32: when returns nearly tie, whitening divides by a tiny std, which magnifies the
+    # rounding left in their mean; check the moments where the std is not tiny.
     if res.returns[mask.bool()].std(unbiased=False) > 1e-2:
+        assert vals.mean().abs().item() < 1e-3
         assert vals.std(unbiased=False).item() == A(1.0, abs=1e-3)
     assert (res.advantages[~mask.bool()] == 0).all()
 
