@@ -223,7 +223,12 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
         if cfg.health_port:
             from .health import start_health_server
 
-            state["health"] = await start_health_server(cfg.health_port, metrics)
+            try:
+                state["health"] = await start_health_server(cfg.health_port, metrics)
+            except OSError as exc:
+                # Jobs matter more than probes: run without /healthz and /metrics rather than not at all.
+                logger.error("/healthz and /metrics are not served: port %s: %s (set RLHF_HEALTH_PORT to a free"
+                             " port, or 0 to turn them off)", cfg.health_port, exc)
         logger.info("rlhf-operator started: namespaces=%s worker image=%s", cfg.namespaces or "all", cfg.worker_image)
 
     @kopf.on.cleanup(registry=registry)

@@ -20,3 +20,14 @@ def test_healthz_and_metrics_count_jobs_by_phase(kube, operator):
     text = kube.wait_for(metrics)
     assert 'rlhf_jobs{phase="Pending"} 1' in text
     assert "# TYPE rlhf_progress_polls_total counter" in text
+
+
+def test_a_taken_health_port_does_not_stop_the_operator(kube, operator):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        operator.start(health_port=taken.getsockname()[1])
+        kube.create(rlhfjob())
+        assert kube.wait_for(lambda: kube.get("ray.io/v1/rayjobs", "demo", NS), timeout=15)
