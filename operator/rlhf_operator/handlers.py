@@ -50,7 +50,7 @@ class OperatorConfig:
     progress_url: str = "http://{cluster}-head-svc.{namespace}.svc:{port}/progress"
     progress_timeout: float = 5.0
     resync_interval: float = 60.0
-    code_retry_seconds: float = 30.0
+    code_retry_seconds: float = 10.0  # a missing code ConfigMap is looked for again this often
     kubeconfig: Optional[str] = None
     log_level: str = "INFO"
     health_port: Optional[int] = 8080
@@ -70,6 +70,7 @@ class OperatorConfig:
         cfg.stall_seconds = float(env.get("RLHF_STALL_SECONDS") or cfg.stall_seconds)
         cfg.progress_url = env.get("RLHF_PROGRESS_URL") or cfg.progress_url
         cfg.resync_interval = float(env.get("RLHF_RESYNC_SECONDS") or cfg.resync_interval)
+        cfg.code_retry_seconds = float(env.get("RLHF_CODE_RETRY_SECONDS") or cfg.code_retry_seconds)
         cfg.kubeconfig = env.get("RLHF_KUBECONFIG") or None
         cfg.log_level = env.get("RLHF_LOG_LEVEL") or cfg.log_level
         port = env.get("RLHF_HEALTH_PORT")
