@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 _PLURALS = {("ray.io/v1", "RayJob"): ("ray.io", "v1", "rayjobs")}
 EVENT_SOURCE = "rlhf-operator"
+_INSTANCE = os.environ.get("HOSTNAME") or socket.gethostname()  # the pod name in a cluster
 EVENT_MESSAGE_LIMIT = 1024
 
 
@@ -42,7 +43,7 @@ def event_manifest(involved: dict[str, Any], type_: str, reason: str, message: s
         "message": message[:EVENT_MESSAGE_LIMIT],
         "source": {"component": EVENT_SOURCE},
         "reportingComponent": EVENT_SOURCE,
-        "reportingInstance": instance or os.environ.get("HOSTNAME") or socket.gethostname(),
+        "reportingInstance": instance or _INSTANCE,
         "firstTimestamp": stamp,
         "lastTimestamp": stamp,
         "count": 1,
