@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Mapping, Optional
 
 from .progress import PROGRESS_PORT, PROGRESS_PORT_NAME
@@ -28,6 +29,10 @@ KUEUE_LABELS = ("kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class")
 JOB_LABEL = "rlhf.dev/job-name"
 CODE_HASH_ANNOTATION = "rlhf.dev/code-hash"
 RUN_AS_USER = 1000  # the worker image's non-root user
+
+# KubeRay 1.7's head ports by the names it looks them up with (ray-operator/controllers/ray/
+# utils/constant.go; common/service.go getServicePorts).
+KUBERAY_HEAD_PORTS = (("gcs-server", 6379), ("dashboard", 8265), ("client", 10001), ("metrics", 8080))
 
 ENV_WANDB_KEY = "WANDB_API_KEY"
 ENV_REWARD_TOKEN = "RLHF_REWARD_TOKEN"
@@ -46,6 +51,9 @@ class RenderOptions:
     # there fails the whole job as SubmissionFailed.
     submitter_cpu: str = "500m"
     submitter_memory: str = "1Gi"
+    # How long the driver keeps serving its final report after training ends: the operator
+    # polls every 15 s, so two polls and a timeout's worth of margin.
+    progress_linger_seconds: float = 35.0
 
 
 @dataclass(frozen=True)
@@ -138,7 +146,8 @@ def _metadata(job: RLHFJob, name: str, component: str, extra_labels: Optional[di
     return meta
 
 
-def worker_config(job: RLHFJob, files: Mapping[str, str], digest: Optional[str]) -> WorkerConfig:
+def worker_config(job: RLHFJob, files: Mapping[str, str], digest: Optional[str],
+                  options: RenderOptions = RenderOptions()) -> WorkerConfig:
     spec = job.spec
     reward_path = agent_path = None
     # Snapshotted code is read from the mounted snapshot, so the config refers to it by
@@ -160,6 +169,7 @@ def worker_config(job: RLHFJob, files: Mapping[str, str], digest: Optional[str])
         code_hash=digest if files else None,
         output_dir=spec.checkpoint.path,
         progress_port=PROGRESS_PORT,
+        progress_linger_seconds=options.progress_linger_seconds,
     )
 
 
@@ -187,15 +197,47 @@ def _pod_security() -> dict[str, Any]:
     }
 
 
-def _resources(group: GroupSpec) -> dict[str, Any]:
-    amounts: dict[str, Any] = {}
-    if group.cpu is not None:
-        amounts["cpu"] = str(group.cpu)
-    if group.memory is not None:
-        amounts["memory"] = str(group.memory)
+# Defaults for a group that names no cpu or memory. Every pod gets requests equal to limits
+# (Guaranteed QoS: a head without them was BestEffort, the first pod a node evicts), and a CPU
+# limit on every pod, since KubeRay derives Ray's num-cpus from it: without one, Ray counts the
+# node's cores and oversubscribes the pod. Per GPU, 4 cores and 32Gi fit the common GPU nodes
+# (a 4-GPU node with 48 cores and 192 GiB takes a 4-GPU pod with room for the system).
+CPU_PER_GPU, MEMORY_GIB_PER_GPU = 4, 32
+CPU_WITHOUT_GPU, MEMORY_GIB_WITHOUT_GPU = 2, 8
+
+_QUANTITY_SUFFIX = {
+    "": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}
+
+
+def quantity_value(quantity: str) -> Decimal:
+    """A Kubernetes quantity (``500m``, ``16Gi``, ``1e9``) as a number; the spec has validated it."""
+    text = str(quantity).lstrip("+")
+    number = text.rstrip("numkKMGTPEi")
+    suffix = text[len(number):]
+    if "e" in number.lower() and not suffix:
+        return Decimal(number)
+    return Decimal(number) * _QUANTITY_SUFFIX[suffix]
+
+
+def group_amounts(group: GroupSpec) -> dict[str, str]:
+    """CPU, memory and GPUs of one pod: the group's own, or the defaults above."""
+    amounts = {
+        "cpu": str(group.cpu) if group.cpu is not None else str(CPU_PER_GPU * group.gpus or CPU_WITHOUT_GPU),
+        "memory": str(group.memory) if group.memory is not None
+        else f"{MEMORY_GIB_PER_GPU * group.gpus or MEMORY_GIB_WITHOUT_GPU}Gi",
+    }
     if group.gpus:
         amounts[group.gpu_resource_name] = str(group.gpus)
-    return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
+    return amounts
+
+
+def shm_size_limit(memory: str) -> str:
+    """Half the pod's memory for /dev/shm: Ray's object store takes 30% of memory from there by
+    default, NCCL and vLLM some more; a memory-backed emptyDir counts against the pod's limit."""
+    half = int(quantity_value(memory) / 2)
+    return f"{half // 2**20}Mi" if half % 2**20 == 0 else str(half)
 
 
 def _env(job: RLHFJob) -> list[dict[str, Any]]:
@@ -224,14 +266,14 @@ class Snapshot:
     code_files: tuple[str, ...] = ()
 
 
-def _volumes(job: RLHFJob, snapshot: Snapshot) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(job: RLHFJob, snapshot: Snapshot, memory: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     spec = job.spec
     # One ConfigMap, two mounts: the worker config and the code each appear in their own directory.
     volumes: list[dict[str, Any]] = [
         {"name": "rlhf-config", "configMap": {
             "name": snapshot.name, "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}]}},
         # vLLM and NCCL need more shared memory than the container runtime's 64 MiB default.
-        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size_limit(memory)}},
         {"name": "checkpoints", **copy.deepcopy(spec.checkpoint.volume or {"emptyDir": {}})},
     ]
     mounts: list[dict[str, Any]] = [
@@ -252,7 +294,8 @@ def _volumes(job: RLHFJob, snapshot: Snapshot) -> tuple[list[dict[str, Any]], li
 def _pod_template(job: RLHFJob, component: str, group: GroupSpec, container_name: str, image: str,
                   snapshot: Snapshot, ports: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
     cluster = job.spec.cluster
-    volumes, mounts = _volumes(job, snapshot)
+    amounts = group_amounts(group)
+    volumes, mounts = _volumes(job, snapshot, amounts["memory"])
     container: dict[str, Any] = {
         "name": container_name,
         "image": image,
@@ -262,9 +305,7 @@ def _pod_template(job: RLHFJob, component: str, group: GroupSpec, container_name
     }
     if cluster.image_pull_policy:
         container["imagePullPolicy"] = cluster.image_pull_policy
-    resources = _resources(group)
-    if resources:
-        container["resources"] = resources
+    container["resources"] = {"requests": dict(amounts), "limits": dict(amounts)}
     if ports:
         container["ports"] = ports
     pod: dict[str, Any] = {
@@ -338,7 +379,11 @@ def rayjob(job: RLHFJob, snapshot: Snapshot, digest: Optional[str], options: Ren
     head_params = {"dashboard-host": "0.0.0.0"}
     if groups and not cluster.head.gpus:
         head_params["num-gpus"] = "0"
-    head_ports = [{"name": PROGRESS_PORT_NAME, "containerPort": PROGRESS_PORT, "protocol": "TCP"}]
+    # KubeRay builds the head Service from these ports and adds its own defaults only when the
+    # list is empty, and the RayJob controller submits through the port named `dashboard`: so
+    # every port KubeRay and Ray rely on is declared under KubeRay's name, beside ours.
+    head_ports = [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in (
+        *KUBERAY_HEAD_PORTS, (PROGRESS_PORT_NAME, PROGRESS_PORT))]
 
     body: dict[str, Any] = {
         "entrypoint": f"python -m rlhf_workers --config {CONFIG_DIR}/{CONFIG_FILE}",
@@ -388,6 +433,6 @@ def render(job: RLHFJob, code_sources: Optional[Mapping[str, str]] = None,
                               annotations={CODE_HASH_ANNOTATION: digest} if digest else None),
         # Never edited: the job runs what it was created with (a spec change cannot alter it).
         "immutable": True,
-        "data": {CONFIG_FILE: worker_config(job, files, digest).to_json(), **dict(sorted(files.items()))},
+        "data": {CONFIG_FILE: worker_config(job, files, digest, options).to_json(), **dict(sorted(files.items()))},
     }
     return [config_map, rayjob(job, snapshot, digest, options)]

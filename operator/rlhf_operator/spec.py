@@ -454,8 +454,8 @@ class GroupSpec(SpecModel):
 
     replicas: Annotated[int, Field(default=1, ge=0, le=10_000, description="Pods in the group (ignored for the head).")] = 1
     gpus: Annotated[int, Field(default=0, ge=0, le=64, description="GPUs per pod.")] = 0
-    cpu: Annotated[Optional[Quantity], Field(default=None, description="CPU per pod, e.g. 8 or 500m.")] = None
-    memory: Annotated[Optional[Quantity], Field(default=None, description="Memory per pod, e.g. 64Gi.")] = None
+    cpu: Annotated[Optional[Quantity], Field(default=None, description="CPU per pod, e.g. 8 or 500m; the request and the limit, from which Ray's num-cpus follows. Default: 4 per GPU, 2 for a pod without GPUs.")] = None
+    memory: Annotated[Optional[Quantity], Field(default=None, description="Memory per pod, e.g. 64Gi; the request and the limit (half of it is /dev/shm's limit). Default: 32Gi per GPU, 8Gi for a pod without GPUs.")] = None
     gpu_resource_name: Annotated[str, Field(default="nvidia.com/gpu", description="Extended resource name for GPUs.")] = "nvidia.com/gpu"
     node_selector: Annotated[dict[str, str], Field(default_factory=dict, description="Node labels the pods must match.")]
     tolerations: Annotated[

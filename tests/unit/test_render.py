@@ -2,6 +2,7 @@
 
 import copy
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from k8s_schemas import core_errors, pod_from_template, rayjob_errors
 from rlhf_operator.podsecurity import pod_specs, restricted_violations
-from rlhf_operator.render import MissingCode, RenderOptions, code_refs, render
+from rlhf_operator.render import MissingCode, RenderOptions, code_refs, quantity_value, render
 from rlhf_operator.validation import InvalidJob, parse_job
 from rlhf_operator.workerconfig import WorkerConfig
 from jobs import REWARD_SOURCE, job
@@ -142,10 +143,41 @@ def test_groups_get_resources_gpus_and_placement():
     assert rollout_pod["nodeSelector"] == {"gpu": "h100"}
     assert rollout_pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert rollout_pod["imagePullSecrets"] == [{"name": "regcred"}]
-    assert groups["trainer"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"memory": "512Gi", "nvidia.com/gpu": "8"}
+    trainer = groups["trainer"]["template"]["spec"]["containers"][0]["resources"]
+    # A GPU group without cpu gets a CPU limit (KubeRay's num-cpus comes from it); requests equal limits.
+    assert trainer["limits"] == trainer["requests"] == {"cpu": "32", "memory": "512Gi", "nvidia.com/gpu": "8"}
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert head["image"] == "registry.example/rlhf-workers:1.2"
+    assert head["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}
     assert {"name": "rlhf-progress", "containerPort": 8270, "protocol": "TCP"} in head["ports"]
+
+
+def test_head_declares_kuberays_ports_by_their_names():
+    head = rendered(job())[-1]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in head["ports"]} == {
+        "gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080, "rlhf-progress": 8270}
+
+
+def test_every_pod_gets_default_resources_and_a_bounded_shm():
+    doc = job(cluster={"placement": "distributed", "rollout": {"replicas": 1, "gpus": 2},
+                       "trainer": {"replicas": 1, "memory": "3G"}})
+    cluster = rendered(doc)[-1]["spec"]["rayClusterSpec"]
+    pods = {"head": cluster["headGroupSpec"]["template"]["spec"],
+            **{g["groupName"]: g["template"]["spec"] for g in cluster["workerGroupSpecs"]}}
+    limits = {name: pod["containers"][0]["resources"]["limits"] for name, pod in pods.items()}
+    assert limits == {"head": {"cpu": "2", "memory": "8Gi"},
+                      "rollout": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "2"},
+                      "trainer": {"cpu": "2", "memory": "3G"}}
+    shm = {name: next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"] for name, pod in pods.items()}
+    assert shm == {"head": {"medium": "Memory", "sizeLimit": "4096Mi"},
+                   "rollout": {"medium": "Memory", "sizeLimit": "32768Mi"},
+                   "trainer": {"medium": "Memory", "sizeLimit": "1500000000"}}
+
+
+@pytest.mark.parametrize("quantity, value", [
+    ("2", 2), ("500m", 0.5), ("16Gi", 16 * 2**30), ("3G", 3 * 10**9), ("1e9", 10**9), ("1.5Ki", 1536), ("+4", 4)])
+def test_quantity_value_reads_kubernetes_quantities(quantity, value):
+    assert quantity_value(quantity) == Decimal(str(value))
 
 
 def test_colocated_placement_has_no_separate_rollout_group():
