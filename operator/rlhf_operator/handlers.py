@@ -59,6 +59,11 @@ class OperatorConfig:
     peering: Optional[str] = None
     max_workers: int = 16
 
+    @property
+    def progress_linger_seconds(self) -> float:
+        """How long a finished driver keeps its report up: two polls and a timeout."""
+        return 2 * self.progress_interval + self.progress_timeout
+
     @classmethod
     def from_env(cls, env: Optional[dict[str, str]] = None) -> "OperatorConfig":
         env = dict(os.environ if env is None else env)
@@ -194,7 +199,7 @@ class _RLHFJobDiffBase(kopf.StatusDiffBaseStorage):
 def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Optional[Metrics] = None) -> Metrics:
     """Register every handler on ``registry`` for an operator configured by ``cfg``."""
     metrics = metrics or Metrics()
-    options = RenderOptions(default_image=cfg.worker_image)
+    options = RenderOptions(default_image=cfg.worker_image, progress_linger_seconds=cfg.progress_linger_seconds)
     state: dict[str, Any] = {}
 
     def kube() -> Kube:
@@ -478,7 +483,9 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
     # every object they serve, and the operator must hold none.
 
     def poll_progress(namespace: str, name: str, current: dict[str, Any]) -> None:
-        url = cfg.progress_url.format(cluster=current.get("rayClusterName") or f"{name}-raycluster",
+        # KubeRay names the cluster {rayjob}-{5 random} and its Service {cluster}-head-svc; before
+        # the cluster name is known, the RayJob's own head Service ({rayjob}-head-svc) is tried.
+        url = cfg.progress_url.format(cluster=current.get("rayClusterName") or current.get("rayJobName") or name,
                                       namespace=namespace, port=PROGRESS_PORT, job=name)
         metrics.progress_polls += 1
         report: Optional[ProgressReport] = None

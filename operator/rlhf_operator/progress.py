@@ -47,6 +47,7 @@ class ProgressReport(BaseModel):
     samples_per_second: Optional[float] = None
     last_weight_sync: Optional[str] = None
     last_checkpoint: Optional[CheckpointInfo] = None
+    final_model: Optional[str] = None
     heartbeat: str = ""
     message: Optional[str] = None
 

@@ -32,6 +32,9 @@ class WorkerConfig(SpecModel):
     code_hash: Optional[str] = None
     output_dir: str = Field(description="Metrics, checkpoints and the final model go here.")
     progress_port: int = PROGRESS_PORT
+    progress_linger_seconds: float = Field(
+        default=0.0, description="Keep serving the final progress report this long after training ends, "
+        "so that a poller (the operator) sees it before the Ray job ends and KubeRay removes the cluster.")
 
     def to_json(self) -> str:
         # JSON, not YAML: the operator renders one config per job, and YAML's (pure-Python)

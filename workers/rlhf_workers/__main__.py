@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from typing import Optional, Sequence
 
 
@@ -44,17 +45,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ConnectionError:
             log.warning("no Ray cluster to join; starting a local one")
             ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    result = None
     try:
         result = train(config, max_steps=args.max_steps, reporter=LogReporter(), progress=progress)
     except Exception as exc:  # noqa: BLE001 - the job fails with a readable reason
         log.error("training failed: %s: %s", type(exc).__name__, exc, exc_info=not _user_fault(exc))
-        return 1
     finally:
         if own_ray:
             ray.shutdown()
-        progress.close()
+    _linger(progress, config.progress_linger_seconds, log)  # not on Ctrl-C: that skips this line
+    progress.close()
+    if result is None:
+        return 1
     log.info("finished %d steps; final model in %s", result.steps, result.final_model)
     return 0
+
+
+def _linger(progress, seconds: float, log: logging.Logger) -> None:
+    """Keep the final report (finished or failed) up until the operator has polled it.
+
+    The Ray job ends when this process exits, and KubeRay then deletes the cluster, the
+    endpoint with it: a poller every 15 s saw the last step of a run only by luck.
+    """
+    if seconds > 0 and progress.port is not None:
+        log.info("serving the final progress report for %.0f s", seconds)
+        time.sleep(seconds)
 
 
 def _user_fault(exc: BaseException) -> bool:
