@@ -7,6 +7,7 @@ import pytest
 
 from conftest import NS, REWARD, rlhfjob
 from k8s_schemas import rayjob_errors
+from support.fake_kuberay import FakeKubeRay
 
 RAYJOBS = "ray.io/v1/rayjobs"
 JOBS = "rlhf.dev/v1alpha1/rlhfjobs"
@@ -62,23 +63,54 @@ def test_create_makes_the_snapshot_configmap_and_rayjob_owned_by_the_job(kube, o
     assert not any(k.startswith("kopf.zalando.org") for k in stored["metadata"].get("annotations") or {})
 
 
-def test_success_sequence(kube, operator):
+def test_success_sequence_through_kuberays_preconditions(kube, operator):
+    """KubeRay's own path: the cluster and its head Service made from the rendered head
+    container, the dashboard URL read from that Service, the submitter created, then Running."""
     operator.start()
     kube.create(rlhfjob())
     kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
-    kuberay(kube, jobDeploymentStatus="Initializing", rayClusterName="demo-x7k2p", startTime="2026-01-01T00:00:00Z")
-    wait_phase(kube, "Provisioning")
-    kuberay(kube, jobDeploymentStatus="Running", jobStatus="PENDING", dashboardURL="demo-x7k2p-head-svc.team-a.svc:8265")
+    fake = FakeKubeRay(kube, NS)
+    assert fake.run_to("demo", "Running", max_passes=3) == "Initializing"  # pods not running yet
+    status = wait_phase(kube, "Provisioning")
+    cluster = fake.rayjob("demo")["status"]["rayClusterName"]
+    assert cluster.startswith("demo-") and len(cluster) == len("demo-") + 5
+    fake.cluster_ready("demo")
+    assert fake.run_to("demo", "Running") == "Running", fake.last_error
+    fake.ray_job("demo", "PENDING")
     wait_phase(kube, "Provisioning", "JobPending")
-    kuberay(kube, jobStatus="RUNNING")
+    fake.ray_job("demo", "RUNNING")
     status = wait_phase(kube, "Running")
-    assert status["rayClusterName"] == "demo-x7k2p" and status["dashboardURL"].startswith("demo-x7k2p-head-svc")
-    assert conditions(status)["Running"]["status"] == "True" and status["startTime"] == "2026-01-01T00:00:00Z"
-    kuberay(kube, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1, endTime="2026-01-01T01:00:00Z")
+    assert status["rayClusterName"] == cluster
+    assert status["dashboardURL"] == f"{cluster}-head-svc.{NS}.svc.cluster.local:8265"
+    submitter = kube.get("batch/v1/jobs", "demo", NS)["spec"]["template"]["spec"]["containers"][0]
+    assert "-- python -m rlhf_workers --config /etc/rlhf/config/worker.json ;" in submitter["args"][0]
+    assert conditions(status)["Running"]["status"] == "True" and status["startTime"]
+    fake.reconcile("demo")  # Running: KubeRay adds the RayJob's own head Service
+    assert kube.get("v1/services", "demo-head-svc", NS) is not None
+    fake.ray_job("demo", "SUCCEEDED")
     status = wait_phase(kube, "Succeeded", "Completed")
     assert conditions(status)["Succeeded"]["status"] == "True" and conditions(status)["Running"]["status"] == "False"
-    assert status["completionTime"] == "2026-01-01T01:00:00Z" and status["attempts"] == 1
+    assert status["completionTime"] and status["attempts"] == 1
     kube.wait_for(lambda: {"ClusterProvisioning", "JobPending", "Training", "Completed"} <= set(reasons(kube)))
+
+
+def test_a_head_without_a_dashboard_port_never_leaves_initializing(kube, operator):
+    """What every job did before the head declared KubeRay's ports: KubeRay finds no
+    ``dashboard`` port on the head Service, never creates the submitter, and the job waits."""
+    operator.start()
+    kube.create(rlhfjob())
+    rayjob = kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    kube.patch(RAYJOBS, "demo", {"spec": {"rayClusterSpec": {"headGroupSpec": {"template": {"spec": {"containers": [
+        {**head, "ports": [p for p in head["ports"] if p["name"] == "rlhf-progress"]}]}}}}}}, NS)
+    fake = FakeKubeRay(kube, NS)
+    fake.run_to("demo", "Running", max_passes=2)
+    fake.cluster_ready("demo")
+    assert fake.run_to("demo", "Running", max_passes=5) == "Initializing"
+    assert fake.last_error == "dashboard port is not found"
+    assert kube.get("batch/v1/jobs", "demo", NS) is None
+    assert not fake.rayjob("demo")["status"].get("dashboardURL")
+    assert wait_phase(kube, "Provisioning")["reason"] == "ClusterProvisioning"
 
 
 @pytest.mark.parametrize("failure, reason", [
