@@ -400,6 +400,14 @@ class CheckpointSpec(SpecModel):
         return value
 
 
+# What KubeRay 1.7 sets on the Ray container (common/pod.go setContainerEnvVars): a user value
+# either duplicates the entry or, for RAY_ADDRESS and RAY_PORT, replaces KubeRay's and points
+# the driver away from its cluster.
+KUBERAY_ENV = frozenset({
+    "RAY_ADDRESS", "RAY_PORT", "RAY_IP", "FQ_RAY_IP", "RAY_CLUSTER_NAME", "RAY_CLUSTER_NAMESPACE",
+    "RAY_CLOUD_INSTANCE_ID", "RAY_NODE_TYPE_NAME", "KUBERAY_GEN_RAY_START_CMD", "RAY_USAGE_STATS_EXTRA_TAGS",
+})
+OPERATOR_ENV = frozenset({"RLHF_JOB_NAME", "RLHF_CONFIG"})
 RESERVED_VOLUMES = {"rlhf-config", "rlhf-code", "dshm", "checkpoints"}
 RESERVED_MOUNTS = {"/etc/rlhf/config", "/etc/rlhf/code", "/dev/shm"}
 
@@ -523,6 +531,17 @@ class ClusterSpec(SpecModel):
                 raise ValueError(f"[{i}].mountPath: {volume.mount_path} is used by the operator; mount elsewhere")
         return volumes
 
+    @field_validator("env")
+    @classmethod
+    def _env_not_kuberays(cls, env: list["EnvVar"]) -> list["EnvVar"]:
+        for i, var in enumerate(env):
+            if var.name in KUBERAY_ENV:
+                raise ValueError(f"[{i}].name: {var.name} is set by KubeRay on every Ray pod (the driver joins the "
+                                 "cluster through it); remove it")
+            if var.name in OPERATOR_ENV:
+                raise ValueError(f"[{i}].name: {var.name} is set by the operator; remove it")
+        return env
+
     @field_validator("image_pull_secrets")
     @classmethod
     def _secret_names(cls, value: list[str]) -> list[str]:
@@ -616,11 +635,14 @@ class ObjectMeta(SpecModel):
     @field_validator("name")
     @classmethod
     def _dns_name(cls, value: str) -> str:
-        # Children get suffixes such as "-config" and Ray cluster names derive from it.
-        if not _DNS_LABEL.match(value) or len(value) > 45:
+        # Children get suffixes such as "-config" and Ray cluster names derive from it. The
+        # RayJob takes the job's name, and KubeRay 1.7 refuses RayJob names that are not
+        # DNS-1035 labels (a leading letter) as ValidationFailed, a state it never leaves.
+        if not _DNS_LABEL.match(value) or len(value) > 45 or not value[0].isalpha():
             raise ValueError(
-                "metadata.name must be a DNS label (lowercase letters, digits, '-') of at most 45 characters,"
-                " so that the Ray cluster and Service names derived from it stay valid"
+                "metadata.name must be a DNS label (lowercase letters, digits, '-') that starts with a letter,"
+                " of at most 45 characters, so that the RayJob, Ray cluster and Service names derived from it"
+                " are valid for KubeRay"
             )
         return value
 
