@@ -56,7 +56,7 @@ def test_group_norm_uses_unbiased_std():
 
 
 def test_group_norm_constant_group_is_zero_not_nan():
-    # std 0 -> (r - mean) / (0 + 1e-9) = 0 / 1e-9 = 0
+    # equal rewards are a zero-signal group: exactly 0 (OpenRLHF: (r - mean) / (0 + 1e-9), rounding / 1e-9)
     out = alg.shape_group_rewards(t([1.0, 1.0, 0.0, 0.0]), 2, "group_norm")
     assert out.tolist() == [0.0, 0.0, 0.0, 0.0]
 
@@ -327,7 +327,7 @@ def test_dynamic_filter_keeps_groups_strictly_inside_range():
     assert res.pass_rate == 0.5
     assert res.group_means == A([1.0, 1 / 3, 0.0, 0.5])
     assert set(res.reasons) == {0, 2}
-    # std threshold (newer OpenRLHF): the constant .5 group has std 0 -> dropped too
+    # std threshold (an unmerged OpenRLHF proposal): the constant .5 group has std 0 -> dropped too
     res = alg.dynamic_filter(scores, 3, std_threshold=0.0)
     assert res.kept_groups == [1]
     assert "std" in res.reasons[3]

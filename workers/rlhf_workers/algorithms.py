@@ -33,11 +33,11 @@ Estimator table (OpenRLHF ``--advantage_estimator``)::
     reinforce            none                                          discounted sum       yes
     reinforce_baseline   r - mean(r)                                   sum, gamma := 1      yes
     rloo                 r - mean_{j != i}(r_j) = (r - mean) n/(n-1)    sum, gamma := 1      no
-    group_norm (GRPO)    (r - mean(r)) / (std(r) + 1e-9)               sum, gamma := 1      no
+    group_norm (GRPO)    (r - mean(r)) / (std(r) + 1e-9)  [see below]  sum, gamma := 1      no
     dr_grpo              r - mean(r)                                   sum, gamma := 1      no
 
 * ``std`` in ``group_norm`` is the *unbiased* (n - 1) sample standard deviation
-  (``torch.Tensor.std`` default), as in OpenRLHF.
+  (``torch.Tensor.std`` default), as in OpenRLHF; the divisor gets a floor (below).
 * Whitening is ``(A - mean) * rsqrt(max(var, 1e-8))`` with the *population* mean and
   variance taken over all unmasked tokens of the whole batch; with
   ``std_norm=False`` (OpenRLHF ``--no_advantage_std_norm``) only the mean is removed.
@@ -45,9 +45,42 @@ Estimator table (OpenRLHF ``--advantage_estimator``)::
 * ``reward_clip_range`` clamps the *shaped* reward just before it is placed on the last
   token (OpenRLHF applies it inside ``compute_reward``, after group shaping).
 
-Deliberate differences from OpenRLHF (none changes a value at an unmasked token):
-padded positions of the returned advantages/returns are zeroed, and a batch with no
-response tokens yields zero advantages instead of NaN.
+Numerics of the group estimators
+--------------------------------
+OpenRLHF (0.8.11 to 0.11.0) computes group statistics in the rewards' float32, where equal
+rewards do not cancel: the mean of eight 0.3s is not 0.3 while their std is exactly 0, so
+``(r - mean) / (std + 1e-9)`` turns one rounding unit into +29.8 per sample. Here:
+
+* Group statistics are computed in float64; shaped rewards come back in the rewards' dtype.
+* **Zero-signal groups**: rewards equal to within the float resolution of their magnitude,
+  ``max(r) - min(r) <= GROUP_TIE_ULPS * eps * max|r|`` with ``GROUP_TIE_ULPS = 4`` and ``eps``
+  the machine epsilon of the rewards' dtype but never finer than float32's ``2**-23`` (rewards
+  reach the trainer as float32), i.e. a spread of at most ~4.8e-7 of the largest ``|r|``. Every
+  group estimator gives them exactly 0 (:func:`zero_signal_groups`); :func:`compute_advantages`
+  counts them (``zero_groups``, metric ``advantages/zero_groups``) and, unless the KL penalty is
+  in the reward, returns 0 on all their tokens, after whitening too. They carry no learning
+  signal: dynamic filtering is the tool to drop them.
+* **Tiny spreads** in ``group_norm``: the divisor is ``max(std + 1e-9, GROUP_STD_FLOOR * max|r|)``,
+  ``GROUP_STD_FLOOR = 1e-4``. Above the floor this is OpenRLHF's divisor; below it advantages
+  shrink with the spread instead of being stretched to unit std. OpenRLHF's ``+ 1e-9`` is no
+  floor in practice (one float32 rounding unit of spread becomes a full-size signal); TRL's
+  ``+ 1e-4`` matches ours for rewards of magnitude 1 but is absolute: it damps groups of small
+  rewards however well resolved, leaves large rewards' rounding unguarded, and shrinks every
+  group by a relative ``1e-4 / std``. Ours is relative: ``r -> c * r`` (``c > 0``) keeps the advantages.
+* **Bounds**, for any finite rewards: ``|group_norm| <= (n - 1) / sqrt(n)`` (< ``sqrt(n)``; 2.47
+  for n = 8, 7.875 for n = 64; one outlier among equal values reaches it; the floor only enlarges
+  the divisor); ``|rloo| <= max(r) - min(r)``; ``|dr_grpo|``, ``|reinforce_baseline|`` (before
+  whitening) ``<= (n - 1) / n * (max(r) - min(r))``.
+
+Deliberate differences from OpenRLHF (on response tokens of the other groups every value is
+OpenRLHF's formula, evaluated in float64): zero-signal groups get exactly 0 and ``group_norm``
+groups below the floor are damped (above); padded positions are zero in the token rewards
+(OpenRLHF leaves ``-kl_coef * kl`` there, and an empty row's reward on its last position) as
+well as in the advantages and returns; a batch with no response tokens yields zero advantages
+(OpenRLHF: NaN); ``rloo`` and ``group_norm`` with ``n_samples_per_prompt = 1`` raise
+``ValueError`` (OpenRLHF: NaN from ``n - 1 = 0`` and an undefined std); dynamic filtering
+decides at the scores' own precision (:func:`dynamic_filter`). The policy loss clamps the
+log-ratio to ``[-20, 20]`` before ``exp``, as OpenRLHF does since 0.10.3.
 """
 
 from __future__ import annotations
@@ -55,6 +88,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Literal, Optional, Sequence, Tuple
 
 import torch
@@ -72,6 +106,7 @@ __all__ = [
     "masked_mean",
     "compute_kl",
     "shape_group_rewards",
+    "zero_signal_groups",
     "compute_token_rewards",
     "discounted_returns",
     "gae_advantages",
@@ -94,8 +129,14 @@ WHITENED_ESTIMATORS = frozenset({"gae", "reinforce", "reinforce_baseline"})
 #: KL estimators (Schulman, "Approximating KL divergence").
 KL_ESTIMATORS: Tuple[str, ...] = ("k1", "k2", "k3")
 
-#: Epsilon added to the group std in ``group_norm``.
+#: Epsilon added to the group std in ``group_norm`` (OpenRLHF's).
 GROUP_NORM_EPS = 1e-9
+#: A group whose spread is at most this many machine epsilons of its largest |reward| is a tie.
+GROUP_TIE_ULPS = 4
+#: ``group_norm`` divides by at least this fraction of the group's largest |reward|.
+GROUP_STD_FLOOR = 1e-4
+#: The policy loss clamps ``logprobs - old_logprobs`` to [-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP] before exp.
+LOG_RATIO_CLAMP = 20.0
 #: Floor of the variance in batch whitening.
 WHITEN_VAR_EPS = 1e-8
 #: OpenRLHF clamps every KL estimate into [-KL_CLAMP, KL_CLAMP].
@@ -180,30 +221,59 @@ def compute_kl(
 # --------------------------------------------------------------------------- reward shaping
 
 
+def _resolution(dtype: torch.dtype) -> float:
+    """Relative resolution of float rewards of ``dtype``: its machine epsilon, never finer than float32's."""
+    return max(torch.finfo(dtype).eps, torch.finfo(torch.float32).eps)
+
+
+def _ties(g64: torch.Tensor, resolution: float) -> torch.Tensor:
+    """``[G]`` bool: the rows of ``g64`` (float64 ``[G, n]``) that are equal to within their resolution."""
+    spread = g64.amax(dim=-1) - g64.amin(dim=-1)
+    return spread <= GROUP_TIE_ULPS * resolution * g64.abs().amax(dim=-1)
+
+
+def zero_signal_groups(rewards: torch.Tensor, n_samples_per_prompt: int) -> torch.Tensor:
+    """``[G]`` bool, one per prompt group: the groups whose rewards are equal to within the float
+    resolution of their magnitude (see the module docstring), so every group estimator gives them 0."""
+    r = _as_float(rewards)
+    return _ties(_group(r, n_samples_per_prompt).double(), _resolution(r.dtype))
+
+
+def _shape(rewards: torch.Tensor, n: int, estimator: str) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(shaped [B], ties [G] or None for non-group estimators)``; see :func:`shape_group_rewards`."""
+    _check_estimator(estimator)
+    r = _as_float(rewards)
+    if estimator not in GROUP_ESTIMATORS:
+        return r.clone(), None
+    g = _group(r, n).double()
+    if estimator in ("rloo", "group_norm") and n < 2:
+        raise ValueError(f"advantage estimator {estimator!r} needs n_samples_per_prompt >= 2, got {n}")
+    centred = g - g.mean(dim=-1, keepdim=True)
+    if estimator == "rloo":
+        shaped = g - (g.sum(dim=-1, keepdim=True) - g) / (n - 1)
+    elif estimator == "group_norm":
+        std = (centred.pow(2).sum(dim=-1, keepdim=True) / (n - 1)).sqrt()  # unbiased
+        shaped = centred / torch.maximum(std + GROUP_NORM_EPS, GROUP_STD_FLOOR * g.abs().amax(dim=-1, keepdim=True))
+    else:  # reinforce_baseline, dr_grpo
+        shaped = centred
+    ties = _ties(g, _resolution(r.dtype))
+    shaped[ties] = 0.0
+    return shaped.to(r.dtype).reshape(-1), ties
+
+
 def shape_group_rewards(rewards: torch.Tensor, n_samples_per_prompt: int, estimator: str) -> torch.Tensor:
     """Apply the per-prompt baseline of ``estimator`` to scalar rewards ``[B]`` (prompt-major).
 
     * ``rloo``: ``r_i - mean_{j != i} r_j`` (needs ``n >= 2``)
     * ``reinforce_baseline``, ``dr_grpo``: ``r_i - mean(r)``
-    * ``group_norm``: ``(r_i - mean(r)) / (std(r) + 1e-9)``, unbiased std (needs ``n >= 2``)
+    * ``group_norm``: ``(r_i - mean(r)) / max(std(r) + 1e-9, 1e-4 * max|r|)``, unbiased std
+      (needs ``n >= 2``)
     * ``reinforce``, ``gae``: unchanged
+
+    Statistics in float64, result in the rewards' dtype; a zero-signal group
+    (:func:`zero_signal_groups`) is exactly 0 under every group estimator.
     """
-    _check_estimator(estimator)
-    r = _as_float(rewards)
-    if estimator not in GROUP_ESTIMATORS:
-        return r.clone()
-    g = _group(r, n_samples_per_prompt)
-    n = n_samples_per_prompt
-    if estimator in ("rloo", "group_norm") and n < 2:
-        raise ValueError(f"advantage estimator {estimator!r} needs n_samples_per_prompt >= 2, got {n}")
-    if estimator == "rloo":
-        baseline = (g.sum(dim=-1, keepdim=True) - g) / (n - 1)
-        shaped = g - baseline
-    elif estimator == "group_norm":
-        shaped = (g - g.mean(dim=-1, keepdim=True)) / (g.std(dim=-1, keepdim=True) + GROUP_NORM_EPS)
-    else:  # reinforce_baseline, dr_grpo
-        shaped = g - g.mean(dim=-1, keepdim=True)
-    return shaped.reshape(-1)
+    return _shape(rewards, n_samples_per_prompt, estimator)[0]
 
 
 def compute_token_rewards(
@@ -218,8 +288,8 @@ def compute_token_rewards(
 
     ``kl=None`` (or ``kl_coef <= 0``) means no KL penalty in the reward, which is what
     ``use_kl_loss`` does. ``reward_clip_range=(lo, hi)`` clamps ``rewards`` first.
-    A row whose mask is all zeros gets its reward on the last position (like OpenRLHF);
-    every consumer masks it away.
+    Padding positions are zero, so a row without response tokens has no reward at all (OpenRLHF
+    puts it on the last position and leaves ``-kl_coef * kl`` on padding; consumers mask both away).
     """
     if action_mask.dim() != 2:
         raise ValueError(f"action_mask must be 2-D [B, T], got shape {tuple(action_mask.shape)}")
@@ -235,7 +305,7 @@ def compute_token_rewards(
     token_rewards.scatter_(1, last, r.unsqueeze(1).to(dtype))
     if kl is not None and kl_coef > 0.0:
         token_rewards = token_rewards - kl_coef * kl
-    return token_rewards
+    return torch.where(action_mask.bool(), token_rewards, torch.zeros_like(token_rewards))
 
 
 # --------------------------------------------------------------------------- returns / advantages
@@ -313,6 +383,7 @@ class AdvantageResult:
     shaped_rewards: torch.Tensor  #: [B], scalar rewards after the group baseline
     whitened: bool  #: whether batch whitening was applied
     gamma: float  #: the discount actually used (1.0 for group estimators)
+    zero_groups: int = 0  #: zero-signal prompt groups (:func:`zero_signal_groups`); 0 for gae/reinforce
 
 
 def compute_advantages(
@@ -347,6 +418,9 @@ def compute_advantages(
         reward_clip_range: clamp of the shaped reward before placing it on the last token.
         whiten: override whether to whiten (default: OpenRLHF's choice, :data:`WHITENED_ESTIMATORS`).
         std_norm: whether whitening divides by the std (OpenRLHF ``--no_advantage_std_norm``).
+
+    Zero-signal groups get advantages and returns exactly 0 on every token (whitening included)
+    unless the KL penalty is in the reward; ``zero_groups`` counts them either way.
     """
     _check_estimator(estimator)
     if action_mask.dim() != 2 or action_mask.size(0) != rewards.numel():
@@ -359,14 +433,19 @@ def compute_advantages(
         logger.warning("gamma=%s is overridden to 1.0 for advantage estimator %r (as OpenRLHF does)", gamma, estimator)
         gamma = 1.0
 
-    shaped = shape_group_rewards(rewards, n_samples_per_prompt, estimator)
+    shaped, ties = _shape(rewards, n_samples_per_prompt, estimator)
+    kl_in_reward = kl is not None and kl_coef > 0.0 and not use_kl_loss
     token_rewards = compute_token_rewards(
         shaped,
         action_mask,
-        kl=None if use_kl_loss else kl,
+        kl=kl if kl_in_reward else None,
         kl_coef=kl_coef,
         reward_clip_range=reward_clip_range,
     )
+    # [B, 1]: rows whose advantages must stay exactly 0 (no reward signal and no KL penalty)
+    silent = None if ties is None or kl_in_reward else ties.repeat_interleave(n_samples_per_prompt).unsqueeze(1)
+    if silent is not None:
+        token_rewards = token_rewards.masked_fill(silent, 0.0)
     m = action_mask.to(token_rewards.dtype)
     if estimator == "gae":
         advantages, returns = gae_advantages(values.to(token_rewards.dtype), token_rewards, action_mask, gamma, lambd)
@@ -377,6 +456,8 @@ def compute_advantages(
     do_whiten = (estimator in WHITENED_ESTIMATORS) if whiten is None else whiten
     if do_whiten:
         advantages = whiten_advantages(advantages, action_mask, std_norm=std_norm)
+        if silent is not None:
+            advantages = advantages.masked_fill(silent, 0.0)
     return AdvantageResult(
         advantages=advantages * m,
         returns=returns * m,
@@ -384,6 +465,7 @@ def compute_advantages(
         shaped_rewards=shaped,
         whitened=do_whiten,
         gamma=gamma,
+        zero_groups=int(ties.sum()) if ties is not None else 0,
     )
 
 
@@ -421,7 +503,8 @@ def policy_loss(
 ) -> Tuple[torch.Tensor, PolicyLossStats]:
     """PPO clipped surrogate loss (OpenRLHF ``PolicyLoss``), optionally plus a KL loss term.
 
-    ``ratio = exp(logp - old_logp)``; ``loss_t = -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A)``.
+    ``ratio = exp(clamp(logp - old_logp, -20, 20))`` (OpenRLHF since 0.10.3: an outlier token cannot
+    overflow); ``loss_t = -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A)``.
     With ``dual_clip = c > 1`` the loss of tokens with ``A < 0`` is additionally capped at
     ``-c * A`` (Dual-clip PPO). ``token_level=True`` averages over every response token of
     the batch; ``False`` averages per sequence and then over sequences.
@@ -435,7 +518,7 @@ def policy_loss(
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1.0, got {dual_clip}")
     log_ratio = logprobs - old_logprobs
-    ratio = log_ratio.exp()
+    ratio = log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp()
     surr1 = ratio * advantages
     surr2 = ratio.clamp(1.0 - clip_eps_low, 1.0 + clip_eps_high) * advantages
     clipped = torch.min(surr1, surr2)
@@ -508,38 +591,55 @@ def dynamic_filter(
     """DAPO-style dynamic filtering as in OpenRLHF ``--dynamic_filtering``.
 
     Samples are grouped by prompt (prompt-major, ``n_samples_per_prompt`` each). A group is
-    kept iff ``lo < mean(scores) < hi`` - a *strict* open interval, so with the default
-    ``(0, 1)`` all-correct and all-wrong groups of 0/1 scores are dropped, and a mean exactly
-    on a bound is dropped. Optionally (newer OpenRLHF ``dynamic_filtering_std_threshold``)
-    groups whose population std is ``<= std_threshold`` are dropped too.
+    kept iff ``lo < mean(scores) < hi`` - a *strict* open interval (OpenRLHF since 0.9.1; until
+    0.9.0 it was ``lo + 1e-6 < mean < hi - 1e-6``), so with the default ``(0, 1)`` all-correct
+    and all-wrong groups of 0/1 scores are dropped, and a mean exactly on a bound is dropped.
+
+    The decision is taken at the precision the scores come in: a tensor (or array) keeps its
+    float dtype - the reward layer hands over float32 - and Python numbers are float64. The
+    bounds are rounded to that precision and the group mean is exact (no summation rounding),
+    so scores that all equal a bound sit on it. OpenRLHF holds scores as float32 and compares
+    their float64 mean with float64 bounds: all-0.3 scores with ``lo = 0.3`` are kept there
+    (0.3 in float32 is 0.30000001) and dropped here, as the user who returned 0.3 means.
+
+    ``std_threshold`` additionally drops groups whose population std is ``<= std_threshold``.
+    It is in no OpenRLHF release (up to 0.11.0): it follows an unmerged proposal, OpenRLHF
+    PR #1272 for issue #1270 (``--algo.dynamic_filtering_std_threshold``).
     """
     lo, hi = score_range
     if not lo < hi:
         raise ValueError(f"score_range must satisfy lo < hi, got {score_range}")
-    s = torch.as_tensor(scores, dtype=torch.float64).reshape(-1)
+    if isinstance(scores, torch.Tensor) or hasattr(scores, "dtype"):
+        s = torch.as_tensor(scores).detach().reshape(-1)
+        precision = s.dtype if s.is_floating_point() else torch.float64
+    else:
+        s, precision = torch.tensor(list(scores), dtype=torch.float64), torch.float64
+    s = s.to(device="cpu", dtype=torch.float64)  # widening is exact
     if not torch.isfinite(s).all():
         bad = int((~torch.isfinite(s)).nonzero()[0])
         raise ValueError(f"score of sample {bad} is {s[bad].item()}; scores must be finite")
-    groups = _group(s, n_samples_per_prompt) if s.numel() else s.reshape(0, n_samples_per_prompt)
+    lo_p, hi_p = (torch.tensor(b, dtype=precision).item() for b in (lo, hi))
+    groups = _group(s, n_samples_per_prompt).tolist() if s.numel() else []
     kept_indices: list[int] = []
     kept_groups: list[int] = []
     means: list[float] = []
     reasons: dict[int, str] = {}
     for gi, g in enumerate(groups):
-        mean = float(g.mean())
+        exact = sum(map(Fraction, g), Fraction(0)) / len(g)  # Fraction vs float compares exactly
+        mean = float(exact)
         means.append(mean)
-        if not (lo < mean < hi):
+        if not (lo_p < exact < hi_p):
             reasons[gi] = f"mean score {mean:.6g} not in open interval ({lo:g}, {hi:g})"
             continue
         if std_threshold is not None:
-            std = math.sqrt(float(((g - mean) ** 2).mean()))
+            std = math.sqrt(math.fsum((v - mean) ** 2 for v in g) / len(g))
             if std <= std_threshold:
                 reasons[gi] = f"score std {std:.6g} <= {std_threshold:g}"
                 continue
         kept_groups.append(gi)
         start = gi * n_samples_per_prompt
         kept_indices.extend(range(start, start + n_samples_per_prompt))
-    num_groups = groups.size(0)
+    num_groups = len(groups)
     return FilterResult(
         kept_indices=kept_indices,
         kept_groups=kept_groups,
