@@ -23,6 +23,7 @@ samples trained on (they differ only with dynamic filtering), ``filter/pass_rate
 ``critic_loss`` / ``values`` (gae), ``response_length/mean|max``, ``response/clip_ratio``
 (responses cut at ``maxNewTokens``), ``rollout/logprob_diff_mean|max`` (engine vs trainer
 logprobs of the sampled tokens: the weight-sync check), ``samples``, ``samples_per_second``,
+``advantages/zero_groups`` (trained prompt groups whose rewards tie: no signal; group estimators),
 ``tokens_per_second`` (generation), ``time/generate|reward|logprobs|advantages|update|weight_sync|checkpoint|step``,
 and ``extra/<key>`` for every ``extra_logs`` key of the reward.
 """
@@ -231,7 +232,8 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
                 generated += samples
                 groups_generated += len(chunk)
                 if algo.dynamic_filtering.enabled:
-                    kept = dynamic_filter([x.score for x in samples], n, tuple(algo.dynamic_filtering.score_range)).kept_groups
+                    # the scores tensor as the reward returned it: the filter decides at its precision
+                    kept = dynamic_filter(result.scores, n, tuple(algo.dynamic_filtering.score_range)).kept_groups
                 else:
                     kept = range(len(chunk))
                 for g in kept:
@@ -293,6 +295,7 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
                     kl_value = 0.0
                 row.update({"reward/mean_trained": sum(x.reward for x in batch.samples) / num_samples, "samples": num_samples,
                             "kl": kl_value})
+                row["advantages/zero_groups"] = adv.zero_groups
                 row.update({k: v for k, v in stats.items() if not k.startswith("logprob_diff")})
                 if "logprob_diff_mean" in stats:
                     row["rollout/logprob_diff_mean"] = stats["logprob_diff_mean"]
