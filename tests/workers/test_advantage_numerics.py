@@ -263,3 +263,17 @@ def test_prop_matches_openrlhf_on_groups_with_a_signal(data, estimator):
     err = ((out - ref).abs() / scale)[informative]
     assert err.numel() == 0 or err.max().item() < 1e-6
     assert (out[alg.zero_signal_groups(r, n)] == 0).all()
+
+
+def test_dynamic_filtering_judges_scores_at_the_precision_the_reward_returned():
+    """Python floats stay float64 from reward_func to the filter: a group mean just above a
+    bound in the user's arithmetic is kept, where float32 scores would land below it."""
+    from rlhf_workers.reward import validate_reward_output
+
+    as_written = validate_reward_output({"rewards": [0.1, 0.2]}, 2)
+    assert as_written.scores.dtype == torch.float64 and as_written.rewards.dtype == torch.float32
+    assert 0.15 < (0.1 + 0.2) / 2  # what the user's own arithmetic says
+    assert list(alg.dynamic_filter(as_written.scores, 2, (0.15, 1.0)).kept_groups) == [0]
+    as_float32 = validate_reward_output({"rewards": torch.tensor([0.1, 0.2])}, 2)
+    assert as_float32.scores.dtype == torch.float32
+    assert list(alg.dynamic_filter(as_float32.scores, 2, (0.15, 1.0)).kept_groups) == []

@@ -228,7 +228,7 @@ def agent_rewards(samples: list):
             except AgentError:
                 continue  # non-numeric extra logs are not metrics
     return RewardResult(rewards=torch.tensor([x.reward for x in samples], dtype=torch.float32),
-                        scores=torch.tensor([x.score for x in samples], dtype=torch.float32),
+                        scores=torch.tensor([x.score for x in samples], dtype=torch.float64),
                         extra_logs={k: sum(v) / len(v) for k, v in logs.items()})
 
 

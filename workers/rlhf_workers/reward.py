@@ -166,7 +166,9 @@ class RewardResult:
 
     Attributes:
         rewards: float32 tensor ``[N]`` - used for advantages.
-        scores: float32 tensor ``[N]`` - used for dynamic filtering; ``rewards`` when not given.
+        scores: tensor ``[N]`` - used for dynamic filtering; ``rewards`` when not given. In the
+            precision the reward returned them (float64 for Python floats), so a group mean that
+            lands on a filter bound is judged as the user wrote it.
         extra_logs: name -> float; tensors/arrays/lists reduced by mean, bools/ints cast.
         extra_logs_per_sample: name -> float tensor ``[N]`` for extra_logs values that had
             exactly one entry per sample (kept for per-sample display).
@@ -398,7 +400,11 @@ def _to_vector(
     where: str,
     warnings: list[str],
 ) -> torch.Tensor:
-    """Convert ``value`` to a finite float32 tensor of shape ``[n]`` or raise RewardContractError."""
+    """Convert ``value`` to a finite tensor of shape ``[n]`` or raise RewardContractError.
+
+    Floating values keep their precision (Python floats: float64), so that dynamic filtering
+    decides on scores as the reward returned them; integers and bools become float32.
+    """
     fix = f"return one float per query, e.g. torch.tensor([...], dtype=torch.float32) of length {n}"
     if isinstance(value, torch.Tensor):
         tensor = value.detach()
@@ -462,7 +468,7 @@ def _to_vector(
             f"{where}: `{name}[{bad}]` is {what}{_sample_hint(bad, prompts)}{more}. "
             f"Rewards must be finite: catch the failing case and return a finite value instead",
             sample_index=bad, source=where)
-    return tensor.to(device="cpu", dtype=torch.float32)
+    return tensor.to(device="cpu", dtype=tensor.dtype if tensor.is_floating_point() else torch.float32)
 
 
 _INT_DTYPES = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64}
@@ -537,7 +543,8 @@ def validate_reward_output(
     if unknown:
         warnings.append(f"keys {unknown} are ignored (OpenRLHF reads only {list(KNOWN_KEYS)})")
 
-    rewards = _to_vector(output["rewards"], "rewards", n, prompts, where, warnings)
+    exact = _to_vector(output["rewards"], "rewards", n, prompts, where, warnings)
+    rewards = exact.to(torch.float32)
     scores_given = output.get("scores") is not None
     if scores_given:
         scores = _to_vector(output["scores"], "scores", n, prompts, where, warnings)
@@ -548,7 +555,7 @@ def validate_reward_output(
                 f"`scores[{i}]` = {float(scores[i]):g} is outside [0, 1]{_sample_hint(i, prompts)}; "
                 "dynamic filtering compares the group mean of scores with a range in [0, 1]")
     else:
-        scores = rewards.clone()
+        scores = exact.clone()
 
     logs_in = output.get("extra_logs")
     extra_logs: dict[str, float] = {}
