@@ -48,7 +48,7 @@ from rlhf_operator.workerconfig import WorkerConfig
 from .agent import AgentRunner, agent_rewards
 from .algorithms import compute_advantages, compute_kl, dynamic_filter, masked_mean
 from .batch import MicroBatch, dummy, pack, pad_rows
-from .checkpoint import Checkpoints
+from .checkpoint import Checkpoint, Checkpoints
 from .cluster import Cluster, resolve_placement, split_evenly
 from .data import Prompt, PromptStream, load_prompts, load_tokenizer
 from .metrics import CURVE_FILE, MetricsLog, ProgressServer, plot_reward_curve
@@ -207,7 +207,8 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
         sampling = SamplingConfig.from_spec(rollout_spec, n)
         pad_id = tokenizer.pad_token_id
         last_sync = last_ckpt = None
-        progress.update(state="training", step=step, total_steps=total_steps, message=None)
+        progress.update(state="training", step=step, total_steps=total_steps, message=None,
+                        **(_resumed_progress(resume, metrics.history) if resume is not None else {}))
         reporter.start(total_steps, step)
 
         while step < total_steps and not prompts.exhausted:
@@ -343,7 +344,7 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
         cluster.save_hf(str(final))
         tokenizer.save_pretrained(str(final))
         plot_reward_curve(metrics.history, out / CURVE_FILE)
-        progress.update(state="finished", step=step, message=f"final model in {final}")
+        progress.update(state="finished", step=step, message=f"final model in {final}", final_model=str(final))
         return TrainResult(step, resume.step if resume else None, metrics.history, out, final, placement)
     except BaseException as exc:
         progress.update(state="failed", message=str(exc)[:2000])
@@ -449,6 +450,18 @@ def _mean_stats(parts: list[dict[str, float]]) -> dict[str, float]:
         vals = [p[k] for p in parts if k in p]
         out[k] = max(vals) if k.endswith("_max") else sum(vals) / len(vals)
     return out
+
+
+def _resumed_progress(resume: Checkpoint, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a resumed driver reports at once: the checkpoint it resumed from, and the last step's numbers."""
+    report: dict[str, Any] = {"last_checkpoint": CheckpointInfo(
+        step=resume.step, path=str(resume.path), time=resume.state.get("time") or utc_now())}
+    last = history[-1] if history and history[-1].get("step") == resume.step else {}
+    for key, field in (("reward/mean", "reward_mean"), ("score/mean", "score_mean"), ("kl", "kl"),
+                       ("samples_per_second", "samples_per_second")):
+        if last.get(key) is not None:
+            report[field] = last[key]
+    return report
 
 
 def _save(cluster: Cluster, checkpoints: Checkpoints, step: int, prompts: PromptStream, total_steps: int) -> CheckpointInfo:
