@@ -126,7 +126,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args()
     python = sys.executable
-    ours = run_one("rlhf operator", [python, "-m", "rlhf_operator.cli", "operator", "--all-namespaces"],
+    ours = run_one("rlhf operator", [python, "-m", "rlhf_cli.cli", "operator", "--all-namespaces"],
                    lambda name: name, "ray.io/v1/rayjobs", args.n, args.timeout)
     bare = run_one("bare kopf (1 ConfigMap)", [python, "-m", "kopf", "run", "--quiet", "--standalone", "--all-namespaces",
                                                str(ROOT / "bench" / "bare_operator.py")],

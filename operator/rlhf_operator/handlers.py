@@ -23,17 +23,19 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import kopf
+from rlhf_api.base import snake_case
+from rlhf_api.contract import check_agent_source, check_reward_source
+from rlhf_api.jobstatus import TERMINAL_PHASES, Phase
+from rlhf_api.names import CODE_HASH_ANNOTATION, GROUP, KIND, MANAGED_BY, PLURAL, VERSION
+from rlhf_api.progress import PROGRESS_PORT, ProgressReport
+from rlhf_api.spec import MUTABLE_FIELDS, RLHFJob, immutable_changes
+from rlhf_api.validation import FieldError, InvalidJob, parse_job, parse_spec
+from rlhf_api.workerconfig import REWARD_FILE
 
 from . import status as st
 from .kube import Kube, NotOwned, api_client, is_transient
-from .progress import PROGRESS_PORT, ProgressReport
 from .render import RenderOptions, code_refs, render, snapshot_configmap_name
-from .spec import (GROUP, KIND, MUTABLE_FIELDS, PLURAL, TERMINAL_PHASES, VERSION, Phase, RLHFJob, _snake,
-                   check_agent_source, check_reward_source, immutable_changes)
-from .validation import FieldError, InvalidJob, parse_job, parse_spec
-from .workerconfig import REWARD_FILE
 
-MANAGED_BY = {"app.kubernetes.io/managed-by": "rlhf-operator"}
 LAUNCH_RECORD_WAIT = 30.0  # seconds the RayJob mirror waits for launch to record rayJobName
 API_RETRY_SECONDS = 3.0  # retry delay after an API server outage (kopf's default is 60 s)
 log = logging.getLogger(__name__)
@@ -345,7 +347,7 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
             raise kopf.PermanentError(str(exc))
 
         rayjob = objects[-1]
-        code_hash = (rayjob["metadata"].get("annotations") or {}).get("rlhf.dev/code-hash")
+        code_hash = (rayjob["metadata"].get("annotations") or {}).get(CODE_HASH_ANNOTATION)
         suspended = bool(rayjob["spec"].get("suspend"))
 
         def launched(fresh_job: dict[str, Any]) -> dict[str, Any]:
@@ -411,7 +413,7 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
 
         rayjob_patch: dict[str, Any] = {}
         for attr in MUTABLE_FIELDS:
-            python_name = _snake(attr)
+            python_name = snake_case(attr)
             if getattr(old_spec, python_name) != getattr(new_spec, python_name):
                 rayjob_patch[attr] = getattr(new_spec, python_name)
         if rayjob_patch and status.get("rayJobName"):

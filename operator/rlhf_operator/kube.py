@@ -16,12 +16,12 @@ import kubernetes
 import urllib3
 from kubernetes.client.rest import ApiException
 
-from .spec import GROUP, PLURAL, VERSION
+from rlhf_api.names import GROUP, MANAGER, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 
 _PLURALS = {("ray.io/v1", "RayJob"): ("ray.io", "v1", "rayjobs")}
-EVENT_SOURCE = "rlhf-operator"
+EVENT_SOURCE = MANAGER
 _INSTANCE = os.environ.get("HOSTNAME") or socket.gethostname()  # the pod name in a cluster
 EVENT_MESSAGE_LIMIT = 1024
 

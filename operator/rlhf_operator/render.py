@@ -20,22 +20,20 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Mapping, Optional
 
-from .progress import PROGRESS_PORT, PROGRESS_PORT_NAME
-from .spec import API_VERSION, KIND, AgentSpec, FunctionReward, GroupSpec, RLHFJob, RLHFJobSpec
-from .workerconfig import AGENT_FILE, CODE_DIR, CONFIG_DIR, CONFIG_FILE, REWARD_FILE, WorkerConfig
+from rlhf_api.cluster import GroupSpec
+from rlhf_api.names import (API_VERSION, CODE_HASH_ANNOTATION, ENV_CONFIG, ENV_JOB_NAME, ENV_REWARD_TOKEN, ENV_WANDB_KEY,
+                             JOB_LABEL, KIND, KUEUE_LABELS, KUEUE_QUEUE_LABEL, MANAGER)
+from rlhf_api.progress import PROGRESS_PORT, PROGRESS_PORT_NAME
+from rlhf_api.spec import AgentSpec, FunctionReward, RLHFJob, RLHFJobSpec
+from rlhf_api.workerconfig import AGENT_FILE, CODE_DIR, CONFIG_DIR, CONFIG_FILE, REWARD_FILE, WorkerConfig
 
 DEFAULT_WORKER_IMAGE = "ghcr.io/rlhf-dev/rlhf-workers:0.1.0"
-KUEUE_LABELS = ("kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class")
-JOB_LABEL = "rlhf.dev/job-name"
-CODE_HASH_ANNOTATION = "rlhf.dev/code-hash"
 RUN_AS_USER = 1000  # the worker image's non-root user
 
 # KubeRay 1.7's head ports by the names it looks them up with (ray-operator/controllers/ray/
 # utils/constant.go; common/service.go getServicePorts).
 KUBERAY_HEAD_PORTS = (("gcs-server", 6379), ("dashboard", 8265), ("client", 10001), ("metrics", 8080))
 
-ENV_WANDB_KEY = "WANDB_API_KEY"
-ENV_REWARD_TOKEN = "RLHF_REWARD_TOKEN"
 
 
 class MissingCode(LookupError):
@@ -113,8 +111,8 @@ def labels(job: RLHFJob, component: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "rlhf-job",
         "app.kubernetes.io/component": component,
-        "app.kubernetes.io/part-of": "rlhf-operator",
-        "app.kubernetes.io/managed-by": "rlhf-operator",
+        "app.kubernetes.io/part-of": MANAGER,
+        "app.kubernetes.io/managed-by": MANAGER,
         JOB_LABEL: job.metadata.name,
     }
 
@@ -243,8 +241,8 @@ def shm_size_limit(memory: str) -> str:
 def _env(job: RLHFJob) -> list[dict[str, Any]]:
     spec = job.spec
     env: list[dict[str, Any]] = [
-        {"name": "RLHF_JOB_NAME", "value": job.metadata.name},
-        {"name": "RLHF_CONFIG", "value": f"{CONFIG_DIR}/{CONFIG_FILE}"},
+        {"name": ENV_JOB_NAME, "value": job.metadata.name},
+        {"name": ENV_CONFIG, "value": f"{CONFIG_DIR}/{CONFIG_FILE}"},
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
     ]
     # Secrets arrive as env straight from the Secret; they are never copied anywhere.
@@ -368,7 +366,7 @@ def rayjob(job: RLHFJob, snapshot: Snapshot, digest: Optional[str], options: Ren
     cluster = spec.cluster
     image = cluster.image or options.default_image
     passthrough = {k: v for k, v in job.metadata.labels.items() if k in KUEUE_LABELS}
-    queued = "kueue.x-k8s.io/queue-name" in passthrough
+    queued = KUEUE_QUEUE_LABEL in passthrough
 
     groups = []
     if cluster.placement != "colocated" and cluster.rollout.replicas > 0:

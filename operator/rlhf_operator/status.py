@@ -19,24 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from .spec import Phase
+from rlhf_api.jobstatus import (CHILD_CONFLICT, CODE_NOT_FOUND, FAILED, RAYJOB_CREATED, RAYJOB_MISSING,  # noqa: F401
+                                RUNNING, SPEC_IMMUTABLE, STALLED, SUCCEEDED, SUSPENDED, VALIDATED, VALIDATION_FAILED,
+                                Phase)
+from rlhf_api.names import KUEUE_QUEUE_LABEL
 
-# Condition types.
-VALIDATED = "Validated"
-RUNNING = "Running"
-SUSPENDED = "Suspended"
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
-STALLED = "Stalled"
-
-# Reasons (KubeRay's where they come from the RayJob).
-VALIDATION_FAILED = "ValidationFailed"
-CODE_NOT_FOUND = "CodeNotFound"
-CHILD_CONFLICT = "ChildConflict"
-SPEC_IMMUTABLE = "SpecImmutable"
-RAYJOB_CREATED = "RayJobCreated"
-RAYJOB_MISSING = "RayJobMissing"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
 def now_rfc3339() -> str:

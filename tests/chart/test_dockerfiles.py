@@ -152,7 +152,8 @@ def test_build_context_is_the_repository_root_and_ignores_the_venv(path):
     assert f"docker build -f {path.parent.name}/Dockerfile" in text and text.count(" .\n") >= 1
     ignore = (path.parent / "Dockerfile.dockerignore").read_text().splitlines()
     assert ignore[next(i for i, l in enumerate(ignore) if not l.startswith("#"))] == "*"
-    for needed in ("!pyproject.toml", "!README.md", "!operator/rlhf_operator/", "!workers/rlhf_workers/"):
+    for needed in ("!pyproject.toml", "!README.md", "!api/rlhf_api/", "!cli/rlhf_cli/", "!operator/rlhf_operator/",
+                   "!workers/rlhf_workers/"):
         assert needed in ignore
     for op, rest in instructions(path):
         if op == "COPY" and not rest.startswith("--from"):

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlhf_operator.validation import load_job
+from rlhf_api.validation import load_job
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "gitops"
-RLHF = [sys.executable, "-c", "import sys; from rlhf_operator.cli import main; sys.exit(main(sys.argv[1:]))"]
+RLHF = [sys.executable, "-c", "import sys; from rlhf_cli.cli import main; sys.exit(main(sys.argv[1:]))"]
 NAME_PATH = "spec/reward/function/configMapRef/name"
 
 
@@ -55,7 +55,7 @@ def test_name_reference_configuration_targets_rlhfjob_configmap_refs():
 def test_reward_function_follows_openrlhf_contract():
     namespace: dict = {}
     source = (EXAMPLE / "reward_func.py").read_text()
-    from rlhf_operator.spec import check_reward_source
+    from rlhf_api.contract import check_reward_source
 
     check_reward_source(source)  # the operator's own static check of reward code
     torch = pytest.importorskip("torch")

@@ -21,7 +21,7 @@ import yaml
 helm = pytest.importorskip("helm_python")
 
 from k8s_schemas import core_errors  # noqa: E402
-from rlhf_operator.podsecurity import pod_specs, restricted_violations  # noqa: E402
+from rlhf_api.podsecurity import pod_specs, restricted_violations  # noqa: E402
 
 helm.disable_logging()
 

@@ -17,9 +17,9 @@ import yaml
 
 from k8s_schemas import core_errors
 from rlhf_operator.handlers import OperatorConfig
-from rlhf_operator.progress import PROGRESS_PORT, PROGRESS_PORT_NAME
+from rlhf_api.progress import PROGRESS_PORT, PROGRESS_PORT_NAME
 from rlhf_operator.render import code_refs, render
-from rlhf_operator.validation import InvalidJob, parse_job
+from rlhf_api.validation import InvalidJob, parse_job
 from support import kuberay
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -75,7 +75,7 @@ def test_kubectl_configmap_reward_and_describe_events(kube, main_module_env):
 
 
 @pytest.mark.parametrize("command", [
-    [sys.executable, "-m", "rlhf_operator.cli", "operator", "--namespace", NS],
+    [sys.executable, "-m", "rlhf_cli.cli", "operator", "--namespace", NS],
     [str(Path(sys.executable).parent / "kopf"), "run", "-m", "rlhf_operator", "--standalone", "--namespace", NS],
 ], ids=["rlhf-operator", "kopf-run-m"])
 def test_operator_commands_run_as_processes(kube, command):

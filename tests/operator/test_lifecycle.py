@@ -337,7 +337,7 @@ def test_restart_after_launch_makes_no_duplicates(kube, operator):
 def test_restart_after_partial_creation_completes_the_children(kube, operator):
     """Operator died after creating the snapshot ConfigMap only: the resumed one adopts it and creates the RayJob."""
     from rlhf_operator.render import render
-    from rlhf_operator.validation import parse_job
+    from rlhf_api.validation import parse_job
 
     job = kube.create(rlhfjob())
     parsed = parse_job(job)
@@ -376,7 +376,7 @@ def test_rayjob_state_reported_before_launch_recorded_it_is_mirrored_after(kube,
     """The operator died between creating the RayJob and recording it, and KubeRay moved on meanwhile:
     the mirror waits for the resumed launch to record rayJobName, then mirrors, and nothing is lost."""
     from rlhf_operator.render import render
-    from rlhf_operator.validation import parse_job
+    from rlhf_api.validation import parse_job
 
     job = kube.create(rlhfjob())
     for obj in render(parse_job(job)):

@@ -14,9 +14,9 @@ import os
 import pytest
 
 from rlhf_operator.handlers import OperatorConfig
-from rlhf_operator.progress import PROGRESS_PORT
+from rlhf_api.progress import PROGRESS_PORT
 from rlhf_operator.render import RenderOptions, render
-from rlhf_operator.validation import parse_job
+from rlhf_api.validation import parse_job
 from support import kuberay, podview
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(podview.supported() is not None,

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from rlhf_operator.progress import ProgressReport
+from rlhf_api.progress import ProgressReport
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from k8s_schemas import rayjob_errors
 from jobs import job
 
 ROOT = Path(__file__).resolve().parents[2]
-RLHF = [sys.executable, "-m", "rlhf_operator.cli"]
+RLHF = [sys.executable, "-m", "rlhf_cli.cli"]
 
 
 def rlhf(*args, cwd=None):

@@ -7,8 +7,8 @@ import celpy
 import pytest
 import yaml
 
-from rlhf_operator import crd
-from rlhf_operator.validation import parse_job
+from rlhf_api import crd
+from rlhf_api.validation import parse_job
 from jobs import job
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,10 +10,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from k8s_schemas import core_errors, pod_from_template, rayjob_errors
-from rlhf_operator.podsecurity import pod_specs, restricted_violations
+from rlhf_api.podsecurity import pod_specs, restricted_violations
 from rlhf_operator.render import MissingCode, RenderOptions, code_refs, quantity_value, render
-from rlhf_operator.validation import InvalidJob, parse_job
-from rlhf_operator.workerconfig import WorkerConfig
+from rlhf_api.validation import InvalidJob, parse_job
+from rlhf_api.workerconfig import WorkerConfig
 from jobs import REWARD_SOURCE, job
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from rlhf_operator.spec import RLHFJobSpec, immutable_changes
-from rlhf_operator.validation import InvalidJob, parse_job
+from rlhf_api.spec import RLHFJobSpec, immutable_changes
+from rlhf_api.validation import InvalidJob, parse_job
 from jobs import REWARD_SOURCE, job
 
 

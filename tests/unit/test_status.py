@@ -137,7 +137,7 @@ def test_missing_heartbeat_counts_as_stalled():
 
 def test_every_status_the_machine_writes_fits_the_generated_status_schema():
     from k8s_schemas import crd_errors
-    from rlhf_operator.spec import RLHFJobStatus
+    from rlhf_api.jobstatus import RLHFJobStatus
 
     crd = Path(__file__).resolve().parents[2] / "crds" / "rlhf.dev_rlhfjobs.yaml"
     sequences = [

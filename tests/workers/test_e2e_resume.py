@@ -1,6 +1,6 @@
 """A run killed mid-training resumes from its last checkpoint, with the same data position.
 
-The job runs as ``python -m rlhf_operator.cli run`` in its own session; it is SIGKILLed (with
+The job runs as ``python -m rlhf_cli.cli run`` in its own session; it is SIGKILLed (with
 its embedded Ray) after a checkpoint, then started again with the same output directory.
 The reward function logs the prompts it sees, so the test compares the resumed run's
 prompts with the order the data stream defines.
@@ -77,7 +77,7 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_data_position(tmp_
     out = tmp_path / "out"
     ray_tmp = tempfile.mkdtemp(prefix="rr", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
     env = dict(os.environ, RAY_TMPDIR=ray_tmp, PYTHONPATH="")
-    command = [sys.executable, "-m", "rlhf_operator.cli", "run", str(job), "--output", str(out), "--quiet"]
+    command = [sys.executable, "-m", "rlhf_cli.cli", "run", str(job), "--output", str(out), "--quiet"]
     try:
         first = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
@@ -106,7 +106,7 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_data_position(tmp_
     assert [r["step"] for r in rows] == list(range(1, 13))  # the steps after the checkpoint were redone once
 
     # The prompts of every step, in the order the seeded stream hands them out.
-    from rlhf_operator.spec import DataSpec
+    from rlhf_api.spec import DataSpec
     from rlhf_workers.data import PromptStream, load_prompts
     from rlhf_workers.tiny import make_tokenizer
 

@@ -331,8 +331,8 @@ def test_reward_model_scores_on_a_reward_worker(ray_cluster, job, tmp_path, clas
 
 def test_in_cluster_entrypoint_runs_a_worker_config(ray_cluster, job, tmp_path):
     """python -m rlhf_workers --config worker.json, as the RayJob entrypoint runs it (Ray already up)."""
-    from rlhf_operator.validation import load_job
-    from rlhf_operator.workerconfig import WorkerConfig
+    from rlhf_api.validation import load_job
+    from rlhf_api.workerconfig import WorkerConfig
     from rlhf_workers.__main__ import main
 
     job_path = job({"training": {"maxSteps": 1}})
@@ -425,7 +425,7 @@ def test_weight_sync_makes_engine_logprobs_match_the_trainer(ray_cluster, tiny, 
     (distributed: two engines, both fed through the object store)."""
     import torch
 
-    from rlhf_operator.spec import RLHFJobSpec
+    from rlhf_api.spec import RLHFJobSpec
     from rlhf_workers.cluster import Cluster
     from rlhf_workers.rollout import SamplingConfig
     from rlhf_workers.train import Rollout, _forward, _train, generate, train_schedule

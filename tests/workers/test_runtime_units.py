@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlhf_operator.progress import ProgressReport
-from rlhf_operator.spec import DataSpec
+from rlhf_api.progress import ProgressReport
+from rlhf_api.spec import DataSpec
 from rlhf_workers.batch import dummy, pack, pad_rows
 from rlhf_workers.checkpoint import Checkpoints
 from rlhf_workers.data import DataError, PromptStream, load_prompts, read_records

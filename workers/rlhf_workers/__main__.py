@@ -1,6 +1,6 @@
 """In-cluster entrypoint of the RayJob: ``python -m rlhf_workers --config /etc/rlhf/config/worker.json``.
 
-Reads the :class:`~rlhf_operator.workerconfig.WorkerConfig` the operator mounted, joins the
+Reads the :class:`~rlhf_api.workerconfig.WorkerConfig` the operator mounted, joins the
 Ray cluster KubeRay started (``ray.init(address="auto")``; a local Ray when there is none),
 serves the progress endpoint on ``progress_port`` and runs the training loop. Exit code 0 when
 training finished, 1 when it failed (the reason is the last log line and the progress
@@ -18,10 +18,11 @@ from typing import Optional, Sequence
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from rlhf_operator.workerconfig import CONFIG_DIR, CONFIG_FILE, WorkerConfig
+    from rlhf_api.names import ENV_CONFIG
+    from rlhf_api.workerconfig import CONFIG_DIR, CONFIG_FILE, WorkerConfig
 
     parser = argparse.ArgumentParser(prog="python -m rlhf_workers", description="Run an RLHFJob's training loop.")
-    parser.add_argument("--config", default=os.environ.get("RLHF_CONFIG", f"{CONFIG_DIR}/{CONFIG_FILE}"),
+    parser.add_argument("--config", default=os.environ.get(ENV_CONFIG, f"{CONFIG_DIR}/{CONFIG_FILE}"),
                         help="the worker config (default: $RLHF_CONFIG or %(default)s)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     args = parser.parse_args(argv)

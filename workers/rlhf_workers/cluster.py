@@ -30,7 +30,7 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rlhf_operator.spec import RLHFJobSpec
+from rlhf_api.spec import RLHFJobSpec
 
 from .batch import MicroBatch
 from .reward import (LocalFunctionReward, RemoteReward, RewardContractError, RewardError, RewardFunctionError,

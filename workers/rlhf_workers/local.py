@@ -56,7 +56,7 @@ def _resolve(path: Optional[str], base: Path) -> Optional[str]:
 
 def _configmap_code(ref, role_file: str, configmap_files: dict[str, str], job_dir: Path, field: str) -> str:
     """Source text of a configMapRef, from a local file."""
-    from rlhf_operator.validation import ANY_KEY, load_configmap_file
+    from rlhf_api.validation import ANY_KEY, load_configmap_file
 
     key = ref.key or role_file
     given = configmap_files.get(ref.name)
@@ -76,8 +76,8 @@ def _configmap_code(ref, role_file: str, configmap_files: dict[str, str], job_di
 
 def prepare_local_config(job_path: str, output_dir: str, configmap_files: Optional[dict[str, str]] = None):
     """The :class:`WorkerConfig` that ``rlhf run`` hands the driver: paths resolved, code files written."""
-    from rlhf_operator.validation import load_job
-    from rlhf_operator.workerconfig import AGENT_FILE, REWARD_FILE, WorkerConfig
+    from rlhf_api.validation import load_job
+    from rlhf_api.workerconfig import AGENT_FILE, REWARD_FILE, WorkerConfig
 
     from .tiny import is_model_dir, make_tiny_model
 
@@ -182,7 +182,7 @@ def run_local(job_path: str, output_dir: str, *, configmap_files: Optional[dict[
     """Run ``job_path`` locally; returns the exit code (0 done, 1 failed while running, 2 unusable job)."""
     for key, value in LOCAL_ENV.items():
         os.environ.setdefault(key, value)
-    from rlhf_operator.validation import InvalidJob
+    from rlhf_api.validation import InvalidJob
 
     from .agent import AgentError
     from .data import DataError

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Optional
 
-from rlhf_operator.progress import PROGRESS_PATH, ProgressReport, utc_now
+from rlhf_api.progress import PROGRESS_PATH, ProgressReport, utc_now
 
 logger = logging.getLogger(__name__)
 

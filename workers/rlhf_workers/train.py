@@ -42,8 +42,9 @@ from typing import Any, Optional, Protocol
 import ray
 import torch
 
-from rlhf_operator.progress import CheckpointInfo, utc_now
-from rlhf_operator.workerconfig import WorkerConfig
+from rlhf_api.names import ENV_REWARD_TOKEN
+from rlhf_api.progress import CheckpointInfo, utc_now
+from rlhf_api.workerconfig import WorkerConfig
 
 from .agent import AgentRunner, agent_rewards
 from .algorithms import compute_advantages, compute_kl, dynamic_filter, masked_mean
@@ -152,7 +153,7 @@ def reward_source(config: WorkerConfig) -> tuple[str, dict]:
         return "function", {"path": config.reward_code_path}
     if reward.remote is not None:
         r = reward.remote
-        return "remote", {"url": r.url, "token": os.environ.get("RLHF_REWARD_TOKEN") if r.token_secret_ref else None,
+        return "remote", {"url": r.url, "token": os.environ.get(ENV_REWARD_TOKEN) if r.token_secret_ref else None,
                           "timeout_s": r.timeout_seconds, "retries": r.retries, "batch_size": r.batch_size}
     m = reward.model
     return "model", {"path": m.path, "batch_size": m.batch_size, "normalize": m.normalize}

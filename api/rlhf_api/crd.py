@@ -17,7 +17,10 @@ from typing import Any
 
 import yaml
 
-from . import spec as s
+from . import names as s
+from .base import CEL, FREE_FORM, INT_OR_STRING
+from .jobstatus import RLHFJobStatus
+from .spec import RLHFJobSpec
 
 _DROP = {"title", "examples"}
 # Bounds keep the API server's CEL cost estimates (which assume the largest possible
@@ -43,7 +46,7 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
     """Rewrite one resolved pydantic schema node into a structural OpenAPI v3 node."""
     node = {k: v for k, v in node.items() if k not in _DROP}
 
-    if node.pop(s.FREE_FORM, False):
+    if node.pop(FREE_FORM, False):
         out: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
         if "description" in node:
             out["description"] = node["description"]
@@ -56,7 +59,7 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
             out["default"] = node["default"]
         return out
 
-    if node.pop(s.INT_OR_STRING, False):
+    if node.pop(INT_OR_STRING, False):
         out = {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}
         if "description" in node:
             out["description"] = node["description"]
@@ -73,7 +76,7 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
             node["description"] = description
         if node.get("default") is None:
             node.pop("default", None)
-        node.pop(s.INT_OR_STRING, None)
+        node.pop(INT_OR_STRING, None)
         node[_OPTIONAL] = True
         return node
 
@@ -88,7 +91,7 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
     if "enum" in node and "type" not in node:
         node["type"] = "string"
 
-    cel = node.pop(s.CEL, None)
+    cel = node.pop(CEL, None)
     if cel:
         node["x-kubernetes-validations"] = cel
 
@@ -138,7 +141,7 @@ def _fill_object_defaults(node: dict[str, Any]) -> None:
 
 
 def spec_schema() -> dict[str, Any]:
-    raw = s.RLHFJobSpec.model_json_schema(by_alias=True, mode="validation")
+    raw = RLHFJobSpec.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
     resolved = _resolve(raw, defs)
     schema = _structural(resolved)
@@ -149,7 +152,7 @@ def spec_schema() -> dict[str, Any]:
 
 
 def status_schema() -> dict[str, Any]:
-    raw = s.RLHFJobStatus.model_json_schema(by_alias=True, mode="serialization")
+    raw = RLHFJobStatus.model_json_schema(by_alias=True, mode="serialization")
     defs = raw.pop("$defs", {})
     schema = _structural(_resolve(raw, defs))
     _drop_defaults(schema)  # the API server would fill them into every status it returns
@@ -219,7 +222,7 @@ def crd() -> dict[str, Any]:
     }
 
 
-HEADER = "# Generated from rlhf_operator.spec by `rlhf crd`. Do not edit by hand.\n"
+HEADER = "# Generated from rlhf_api.spec by `rlhf crd`. Do not edit by hand.\n"
 
 
 class _NoAliases(yaml.SafeDumper):

@@ -11,7 +11,8 @@ from typing import Any, Iterable, Optional
 import yaml
 from pydantic import ValidationError
 
-from .spec import API_VERSION, KIND, RLHFJob, RLHFJobSpec
+from .names import API_VERSION, KIND
+from .spec import RLHFJob, RLHFJobSpec
 
 _PATH_PREFIX = re.compile(r"^(?:Value error, )?([A-Za-z\[][A-Za-z0-9_.\[\]]*): (.*)$", re.S)
 

@@ -45,7 +45,7 @@ def dump_yaml_documents(objects: Sequence[dict]) -> str:
 
 def _configmap_sources(pairs: Sequence[str], job_dir: Path) -> dict[str, dict[str, str]]:
     """--configmap NAME=FILE: FILE is a ConfigMap manifest, or a source file used for any key."""
-    from .validation import load_configmap_file
+    from rlhf_api.validation import load_configmap_file
 
     found: dict[str, dict[str, str]] = {}
     for pair in pairs:
@@ -59,8 +59,8 @@ def _configmap_sources(pairs: Sequence[str], job_dir: Path) -> dict[str, dict[st
 def _resolve_code(job, configmaps: dict[str, dict[str, str]], job_dir: Path) -> dict[str, str]:
     """Source for each configMapRef: from --configmap, else a file named like the key beside
     the job file, else a placeholder (with a warning) so the rest can still be rendered."""
-    from .render import code_refs
-    from .validation import ANY_KEY, FieldError, InvalidJob
+    from rlhf_operator.render import code_refs
+    from rlhf_api.validation import ANY_KEY, FieldError, InvalidJob
 
     sources: dict[str, str] = {}
     errors = []
@@ -99,7 +99,7 @@ def _summary(job) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .validation import InvalidJob, load_job
+    from rlhf_api.validation import InvalidJob, load_job
 
     status = 0
     for file in args.files:
@@ -118,8 +118,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from .render import RenderOptions, render
-    from .validation import InvalidJob, load_job
+    from rlhf_operator.render import RenderOptions, render
+    from rlhf_api.validation import InvalidJob, load_job
 
     try:
         job = load_job(args.file)
@@ -138,7 +138,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
-    from .crd import crd_yaml
+    from rlhf_api.crd import crd_yaml
 
     text = crd_yaml()
     if args.output:
@@ -180,7 +180,7 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
-    from .main import run_operator
+    from rlhf_operator.main import run_operator
 
     return run_operator(namespaces=args.namespace, all_namespaces=args.all_namespaces, verbose=args.verbose)
 

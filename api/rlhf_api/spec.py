@@ -7,56 +7,24 @@ YAML uses camelCase (``nSamplesPerPrompt``); Python uses snake_case (``n_samples
 Cross-field rules carry two forms: a Python validator (used by ``rlhf validate``, the
 operator and the workers, with a message naming the field path and the fix) and, where
 the API server can enforce it, a CEL rule attached to the generated CRD.
+
+The sections follow the YAML from top to bottom; the ``cluster`` section lives in
+:mod:`rlhf_api.cluster` and the status in :mod:`rlhf_api.jobstatus`. At about 500 lines this
+module is one model read in order, which splitting further would scatter.
 """
 
 from __future__ import annotations
 
-import ast
-import re
 from enum import Enum
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-GROUP = "rlhf.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "RLHFJob"
-PLURAL = "rlhfjobs"
-SINGULAR = "rlhfjob"
-SHORT_NAMES = ["rlhf"]
-
-# Metadata keys understood by the schema generator (see rlhf_operator.crd).
-CEL = "x-cel"  # list of {"rule", "message"} attached to an object's schema
-INT_OR_STRING = "x-int-or-string"
-FREE_FORM = "x-free-form"
-
-# A Kubernetes resource quantity: a non-negative decimal with an optional SI/binary suffix or exponent.
-_QUANTITY = re.compile(r"^\+?(\d+\.?\d*|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-
-
-class SpecModel(BaseModel):
-    """Base for every part of the spec: camelCase in YAML, unknown fields are errors."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        use_enum_values=True,
-        validate_default=False,
-    )
-
-    def dump(self) -> dict[str, Any]:
-        """The YAML/JSON form: camelCase keys, unset optionals left out."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+from .base import CEL, DNS_LABEL, FREE_FORM, SpecModel, snake_case
+from .cluster import ClusterSpec, check_volume_source
+from .contract import check_agent_source, check_reward_source
+from .names import API_VERSION, KIND
 
 
 # --------------------------------------------------------------------------- references
@@ -108,7 +76,7 @@ class CodeSource(SpecModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "CodeSource":
-        given = [n for n in ("inline", "configMapRef", "path") if getattr(self, _snake(n)) is not None]
+        given = [n for n in ("inline", "configMapRef", "path") if getattr(self, snake_case(n)) is not None]
         if len(given) != 1:
             raise ValueError(
                 f"set exactly one of inline, configMapRef or path (got {', '.join(given) or 'none'})"
@@ -396,31 +364,8 @@ class CheckpointSpec(SpecModel):
     @classmethod
     def _one_volume_source(cls, value: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
         if value is not None:
-            _check_volume_source(value)
+            check_volume_source(value)
         return value
-
-
-# What KubeRay 1.7 sets on the Ray container (common/pod.go setContainerEnvVars): a user value
-# either duplicates the entry or, for RAY_ADDRESS and RAY_PORT, replaces KubeRay's and points
-# the driver away from its cluster.
-KUBERAY_ENV = frozenset({
-    "RAY_ADDRESS", "RAY_PORT", "RAY_IP", "FQ_RAY_IP", "RAY_CLUSTER_NAME", "RAY_CLUSTER_NAMESPACE",
-    "RAY_CLOUD_INSTANCE_ID", "RAY_NODE_TYPE_NAME", "KUBERAY_GEN_RAY_START_CMD", "RAY_USAGE_STATS_EXTRA_TAGS",
-})
-OPERATOR_ENV = frozenset({"RLHF_JOB_NAME", "RLHF_CONFIG"})
-RESERVED_VOLUMES = {"rlhf-config", "rlhf-code", "dshm", "checkpoints"}
-RESERVED_MOUNTS = {"/etc/rlhf/config", "/etc/rlhf/code", "/dev/shm"}
-
-
-def _check_volume_source(source: dict[str, Any]) -> None:
-    from .podsecurity import ALLOWED_VOLUME_TYPES
-
-    if len(source) != 1 or not isinstance(next(iter(source.values())), dict):
-        raise ValueError("must be one Kubernetes volume source, e.g. {persistentVolumeClaim: {claimName: my-pvc}}")
-    kind = next(iter(source))
-    if kind not in ALLOWED_VOLUME_TYPES:
-        raise ValueError(f"volume type {kind!r} is not allowed for pods under the restricted Pod Security Standard;"
-                         f" use one of {', '.join(sorted(ALLOWED_VOLUME_TYPES))}")
 
 
 class WandbSpec(SpecModel):
@@ -435,120 +380,6 @@ class LoggingSpec(SpecModel):
     wandb: Annotated[Optional[WandbSpec], Field(default=None, description="Weights & Biases logging.")] = None
     tensorboard: Annotated[bool, Field(default=False, description="Write TensorBoard event files next to the checkpoints.")] = False
     log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], Field(default="INFO", description="Worker log level.")] = "INFO"
-
-
-# --------------------------------------------------------------------------- cluster
-
-
-Quantity = Annotated[
-    Union[int, str],
-    Field(json_schema_extra={INT_OR_STRING: True}),
-]
-
-
-def _check_quantity(value: Any, field: str) -> Optional[str]:
-    if value is None:
-        return None
-    if isinstance(value, float) or isinstance(value, bool):
-        raise ValueError(f"must be a whole number or a quoted quantity such as \"500m\" or \"1.5\" (got {value!r})")
-    text = str(value)
-    if not _QUANTITY.match(text):
-        raise ValueError(f"must be a Kubernetes quantity such as 4, 500m or 16Gi (got {value!r})")
-    return text
-
-
-class GroupSpec(SpecModel):
-    """Pods of one Ray group: how many, and what each gets."""
-
-    replicas: Annotated[int, Field(default=1, ge=0, le=10_000, description="Pods in the group (ignored for the head).")] = 1
-    gpus: Annotated[int, Field(default=0, ge=0, le=64, description="GPUs per pod.")] = 0
-    cpu: Annotated[Optional[Quantity], Field(default=None, description="CPU per pod, e.g. 8 or 500m; the request and the limit, from which Ray's num-cpus follows. Default: 4 per GPU, 2 for a pod without GPUs.")] = None
-    memory: Annotated[Optional[Quantity], Field(default=None, description="Memory per pod, e.g. 64Gi; the request and the limit (half of it is /dev/shm's limit). Default: 32Gi per GPU, 8Gi for a pod without GPUs.")] = None
-    gpu_resource_name: Annotated[str, Field(default="nvidia.com/gpu", description="Extended resource name for GPUs.")] = "nvidia.com/gpu"
-    node_selector: Annotated[dict[str, str], Field(default_factory=dict, description="Node labels the pods must match.")]
-    tolerations: Annotated[
-        list[dict[str, Any]], Field(default_factory=list, description="Pod tolerations.", json_schema_extra={FREE_FORM: True}),
-    ]
-    affinity: Annotated[Optional[dict[str, Any]], Field(default=None, description="Pod affinity.", json_schema_extra={FREE_FORM: True})] = None
-    labels: Annotated[dict[str, str], Field(default_factory=dict, description="Extra pod labels.")]
-    annotations: Annotated[dict[str, str], Field(default_factory=dict, description="Extra pod annotations.")]
-
-    @field_validator("cpu", "memory", mode="before")
-    @classmethod
-    def _quantity(cls, value: Any, info: Any) -> Optional[str]:
-        return _check_quantity(value, info.field_name)
-
-
-class EnvVar(SpecModel):
-    name: Annotated[str, Field(min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name.")]
-    value: Annotated[str, Field(default="", description="Value.")] = ""
-
-
-class ExtraVolume(SpecModel):
-    """A volume mounted into every pod (models and data on a PVC, for example)."""
-
-    name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="Volume name.")]
-    mount_path: Annotated[str, Field(pattern=r"^/", description="Where it is mounted.")]
-    read_only: Annotated[bool, Field(default=True, description="Mount read-only.")] = True
-    source: Annotated[dict[str, Any], Field(description="A Kubernetes volume source, e.g. {persistentVolumeClaim: {claimName: models}}.",
-                                            json_schema_extra={FREE_FORM: True})]
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, value: dict[str, Any]) -> dict[str, Any]:
-        _check_volume_source(value)
-        return value
-
-
-class ClusterSpec(SpecModel):
-    """The Ray cluster the RayJob creates: image, head, rollout and trainer groups."""
-
-    image: Annotated[Optional[str], Field(default=None, description="Worker image (default: the operator's configured worker image).")] = None
-    image_pull_policy: Annotated[Optional[Literal["Always", "IfNotPresent", "Never"]], Field(default=None, description="Image pull policy.")] = None
-    image_pull_secrets: Annotated[list[str], Field(default_factory=list, description="Names of image pull Secrets.")]
-    placement: Annotated[
-        Literal["auto", "colocated", "distributed"],
-        Field(default="auto", description="colocated: rollout engine and trainer share a process and GPU (hybrid engine); auto picks it when everything fits one node."),
-    ] = "auto"
-    head: Annotated[GroupSpec, Field(default_factory=lambda: GroupSpec(replicas=1), description="The Ray head pod (runs the driver).")]
-    rollout: Annotated[GroupSpec, Field(default_factory=GroupSpec, description="Rollout (vLLM) worker pods.")]
-    trainer: Annotated[GroupSpec, Field(default_factory=GroupSpec, description="Trainer (DeepSpeed) worker pods.")]
-    env: Annotated[list[EnvVar], Field(default_factory=list, description="Extra environment for every pod.")]
-    volumes: Annotated[list[ExtraVolume], Field(default_factory=list, description="Extra volumes for every pod.")]
-    priority_class_name: Annotated[Optional[str], Field(default=None, description="Pod priority class.")] = None
-    ray_version: Annotated[str, Field(default="2.60.0", description="Ray version in the image.")] = "2.60.0"
-
-    @field_validator("volumes")
-    @classmethod
-    def _volumes_do_not_collide(cls, volumes: list["ExtraVolume"]) -> list["ExtraVolume"]:
-        names = [v.name for v in volumes]
-        for i, volume in enumerate(volumes):
-            if volume.name in RESERVED_VOLUMES:
-                raise ValueError(f"[{i}].name: {volume.name!r} is used by the operator; pick another name")
-            if volume.name in names[:i]:
-                raise ValueError(f"[{i}].name: {volume.name!r} is given twice")
-            if volume.mount_path.rstrip("/") in RESERVED_MOUNTS:
-                raise ValueError(f"[{i}].mountPath: {volume.mount_path} is used by the operator; mount elsewhere")
-        return volumes
-
-    @field_validator("env")
-    @classmethod
-    def _env_not_kuberays(cls, env: list["EnvVar"]) -> list["EnvVar"]:
-        for i, var in enumerate(env):
-            if var.name in KUBERAY_ENV:
-                raise ValueError(f"[{i}].name: {var.name} is set by KubeRay on every Ray pod (the driver joins the "
-                                 "cluster through it); remove it")
-            if var.name in OPERATOR_ENV:
-                raise ValueError(f"[{i}].name: {var.name} is set by the operator; remove it")
-        return env
-
-    @field_validator("image_pull_secrets")
-    @classmethod
-    def _secret_names(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not _DNS_LABEL.match(name):
-                raise ValueError(f"imagePullSecrets entries are Secret names (got {name!r})")
-        return value
 
 
 # --------------------------------------------------------------------------- the job
@@ -638,7 +469,7 @@ class ObjectMeta(SpecModel):
         # Children get suffixes such as "-config" and Ray cluster names derive from it. The
         # RayJob takes the job's name, and KubeRay 1.7 refuses RayJob names that are not
         # DNS-1035 labels (a leading letter) as ValidationFailed, a state it never leaves.
-        if not _DNS_LABEL.match(value) or len(value) > 45 or not value[0].isalpha():
+        if not DNS_LABEL.match(value) or len(value) > 45 or not value[0].isalpha():
             raise ValueError(
                 "metadata.name must be a DNS label (lowercase letters, digits, '-') that starts with a letter,"
                 " of at most 45 characters, so that the RayJob, Ray cluster and Service names derived from it"
@@ -656,124 +487,6 @@ class RLHFJob(SpecModel):
     kind: Literal["RLHFJob"] = KIND
     metadata: ObjectMeta
     spec: RLHFJobSpec
-
-
-# --------------------------------------------------------------------------- status
-
-
-class Phase(str, Enum):
-    Pending = "Pending"
-    Provisioning = "Provisioning"
-    Running = "Running"
-    Succeeded = "Succeeded"
-    Failed = "Failed"
-    Suspended = "Suspended"
-    Retrying = "Retrying"
-
-
-TERMINAL_PHASES = (Phase.Succeeded.value, Phase.Failed.value)
-
-
-_DATE_TIME = {"format": "date-time"}
-_INT64 = {"format": "int64"}
-
-
-class Condition(SpecModel):
-    """A condition as the Kubernetes API conventions define it."""
-
-    model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True)
-
-    type: str = Field(description="Validated, Running, Suspended, Succeeded, Failed or Stalled.")
-    status: Literal["True", "False", "Unknown"]
-    reason: Optional[str] = Field(default=None, description="One CamelCase word a program can match on.")
-    message: Optional[str] = Field(default=None, description="What happened, for people.")
-    last_transition_time: Optional[str] = Field(default=None, json_schema_extra=_DATE_TIME,
-                                                description="When status last changed.")
-    observed_generation: Optional[int] = Field(default=None, json_schema_extra=_INT64,
-                                               description="The spec generation this condition was set for.")
-
-
-class Progress(SpecModel):
-    """Training progress, as last read from the worker's progress endpoint (rlhf_operator.progress)."""
-
-    model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True)
-
-    step: Optional[int] = Field(default=None, description="Training steps done.")
-    total_steps: Optional[int] = None
-    episode: Optional[int] = None
-    reward_mean: Optional[float] = Field(default=None, description="Mean reward of the last step's samples.")
-    score_mean: Optional[float] = Field(default=None, description="Mean score (as the reward function reported it).")
-    kl: Optional[float] = Field(default=None, description="Mean KL to the reference policy in the last step.")
-    samples_per_second: Optional[float] = None
-    last_weight_sync: Optional[str] = Field(default=None, description="When the rollout engines last got new weights.")
-    heartbeat: Optional[str] = Field(default=None, description="When the training loop last reported; a stale one "
-                                                                "sets the Stalled condition.")
-    updated: Optional[str] = None
-
-
-# The CRD's status schema is generated from this model (crd.status_schema).
-class RLHFJobStatus(SpecModel):
-    """Observed state, written by the operator only."""
-
-    # kopf keeps its own bookkeeping under status.kopf; it must survive the API server's pruning.
-    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True,
-                              json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
-
-    phase: Optional[Phase] = Field(default=None, description="Where the job stands.")
-    reason: Optional[str] = Field(default=None, description="Why it is in this phase, as one CamelCase word.")
-    message: Optional[str] = None
-    conditions: Optional[list[Condition]] = Field(default=None, json_schema_extra={
-        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
-    ray_job_name: Optional[str] = Field(default=None, description="The RayJob running this job.")
-    ray_cluster_name: Optional[str] = None
-    dashboard_url: Annotated[Optional[str], Field(default=None, alias="dashboardURL")] = None
-    code_hash: Optional[str] = Field(default=None, description="Hash of the snapshotted reward/agent code.")
-    progress: Optional[Progress] = None
-    last_checkpoint: Optional[str] = Field(default=None, description="Path of the newest checkpoint.")
-    attempts: Optional[int] = Field(default=None, description="Attempts made so far: the first run plus KubeRay's retries.")
-    start_time: Optional[str] = Field(default=None, json_schema_extra=_DATE_TIME)
-    completion_time: Optional[str] = Field(default=None, json_schema_extra=_DATE_TIME)
-    observed_generation: Optional[int] = Field(default=None, json_schema_extra=_INT64,
-                                               description="The spec generation the operator last acted on.")
-
-
-# --------------------------------------------------------------------------- code checks
-
-
-def _snake(camel: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", camel).lower()
-
-
-def _parse(source: str, what: str) -> ast.Module:
-    try:
-        return ast.parse(source)
-    except SyntaxError as exc:
-        raise ValueError(f"{what} does not parse: line {exc.lineno}: {exc.msg}") from None
-
-
-def check_reward_source(source: str, what: str = "inline reward code") -> None:
-    """The file must define ``reward_func(queries, prompts, labels)``."""
-    tree = _parse(source, what)
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "reward_func":
-            args = node.args
-            positional = [a.arg for a in args.posonlyargs + args.args]
-            if len(positional) >= 3 or args.vararg is not None:
-                return
-            raise ValueError(
-                f"{what}: reward_func must take (queries, prompts, labels); it takes ({', '.join(positional)})"
-            )
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "reward_func" for t in node.targets):
-            return  # reward_func = make_reward(...) — checked when loaded
-    raise ValueError(f"{what} must define reward_func(queries, prompts, labels)")
-
-
-def check_agent_source(source: str, what: str = "inline agent code") -> None:
-    """The file must define an AgentExecutor or AgentInstance class (OpenRLHF's agent API)."""
-    tree = _parse(source, what)
-    names = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
-    if not names & {"AgentExecutor", "AgentInstance"}:
-        raise ValueError(f"{what} must define class AgentExecutor or AgentInstance (OpenRLHF's agent API)")
 
 
 # --------------------------------------------------------------------------- helpers

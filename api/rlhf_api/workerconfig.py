@@ -14,7 +14,8 @@ import yaml
 from pydantic import Field
 
 from .progress import PROGRESS_PORT
-from .spec import RLHFJobSpec, SpecModel
+from .base import SpecModel
+from .spec import RLHFJobSpec
 
 CONFIG_DIR = "/etc/rlhf/config"
 CONFIG_FILE = "worker.json"

@@ -1,0 +1,135 @@
+"""The ``cluster`` section of the spec: the Ray head, the rollout and trainer groups, their
+pods' resources, env and volumes, and what the operator and KubeRay reserve in those pods."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import Field, field_validator
+
+from .base import DNS_LABEL, FREE_FORM, INT_OR_STRING, QUANTITY, SpecModel
+from .names import KUBERAY_ENV, OPERATOR_ENV, RESERVED_MOUNTS, RESERVED_VOLUMES
+
+
+def check_volume_source(source: dict[str, Any]) -> None:
+    from .podsecurity import ALLOWED_VOLUME_TYPES
+
+    if len(source) != 1 or not isinstance(next(iter(source.values())), dict):
+        raise ValueError("must be one Kubernetes volume source, e.g. {persistentVolumeClaim: {claimName: my-pvc}}")
+    kind = next(iter(source))
+    if kind not in ALLOWED_VOLUME_TYPES:
+        raise ValueError(f"volume type {kind!r} is not allowed for pods under the restricted Pod Security Standard;"
+                         f" use one of {', '.join(sorted(ALLOWED_VOLUME_TYPES))}")
+
+
+
+
+Quantity = Annotated[
+    Union[int, str],
+    Field(json_schema_extra={INT_OR_STRING: True}),
+]
+
+
+def _check_quantity(value: Any, field: str) -> Optional[str]:
+    if value is None:
+        return None
+    if isinstance(value, float) or isinstance(value, bool):
+        raise ValueError(f"must be a whole number or a quoted quantity such as \"500m\" or \"1.5\" (got {value!r})")
+    text = str(value)
+    if not QUANTITY.match(text):
+        raise ValueError(f"must be a Kubernetes quantity such as 4, 500m or 16Gi (got {value!r})")
+    return text
+
+
+class GroupSpec(SpecModel):
+    """Pods of one Ray group: how many, and what each gets."""
+
+    replicas: Annotated[int, Field(default=1, ge=0, le=10_000, description="Pods in the group (ignored for the head).")] = 1
+    gpus: Annotated[int, Field(default=0, ge=0, le=64, description="GPUs per pod.")] = 0
+    cpu: Annotated[Optional[Quantity], Field(default=None, description="CPU per pod, e.g. 8 or 500m; the request and the limit, from which Ray's num-cpus follows. Default: 4 per GPU, 2 for a pod without GPUs.")] = None
+    memory: Annotated[Optional[Quantity], Field(default=None, description="Memory per pod, e.g. 64Gi; the request and the limit (half of it is /dev/shm's limit). Default: 32Gi per GPU, 8Gi for a pod without GPUs.")] = None
+    gpu_resource_name: Annotated[str, Field(default="nvidia.com/gpu", description="Extended resource name for GPUs.")] = "nvidia.com/gpu"
+    node_selector: Annotated[dict[str, str], Field(default_factory=dict, description="Node labels the pods must match.")]
+    tolerations: Annotated[
+        list[dict[str, Any]], Field(default_factory=list, description="Pod tolerations.", json_schema_extra={FREE_FORM: True}),
+    ]
+    affinity: Annotated[Optional[dict[str, Any]], Field(default=None, description="Pod affinity.", json_schema_extra={FREE_FORM: True})] = None
+    labels: Annotated[dict[str, str], Field(default_factory=dict, description="Extra pod labels.")]
+    annotations: Annotated[dict[str, str], Field(default_factory=dict, description="Extra pod annotations.")]
+
+    @field_validator("cpu", "memory", mode="before")
+    @classmethod
+    def _quantity(cls, value: Any, info: Any) -> Optional[str]:
+        return _check_quantity(value, info.field_name)
+
+
+class EnvVar(SpecModel):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name.")]
+    value: Annotated[str, Field(default="", description="Value.")] = ""
+
+
+class ExtraVolume(SpecModel):
+    """A volume mounted into every pod (models and data on a PVC, for example)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="Volume name.")]
+    mount_path: Annotated[str, Field(pattern=r"^/", description="Where it is mounted.")]
+    read_only: Annotated[bool, Field(default=True, description="Mount read-only.")] = True
+    source: Annotated[dict[str, Any], Field(description="A Kubernetes volume source, e.g. {persistentVolumeClaim: {claimName: models}}.",
+                                            json_schema_extra={FREE_FORM: True})]
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_volume_source(value)
+        return value
+
+
+class ClusterSpec(SpecModel):
+    """The Ray cluster the RayJob creates: image, head, rollout and trainer groups."""
+
+    image: Annotated[Optional[str], Field(default=None, description="Worker image (default: the operator's configured worker image).")] = None
+    image_pull_policy: Annotated[Optional[Literal["Always", "IfNotPresent", "Never"]], Field(default=None, description="Image pull policy.")] = None
+    image_pull_secrets: Annotated[list[str], Field(default_factory=list, description="Names of image pull Secrets.")]
+    placement: Annotated[
+        Literal["auto", "colocated", "distributed"],
+        Field(default="auto", description="colocated: rollout engine and trainer share a process and GPU (hybrid engine); auto picks it when everything fits one node."),
+    ] = "auto"
+    head: Annotated[GroupSpec, Field(default_factory=lambda: GroupSpec(replicas=1), description="The Ray head pod (runs the driver).")]
+    rollout: Annotated[GroupSpec, Field(default_factory=GroupSpec, description="Rollout (vLLM) worker pods.")]
+    trainer: Annotated[GroupSpec, Field(default_factory=GroupSpec, description="Trainer (DeepSpeed) worker pods.")]
+    env: Annotated[list[EnvVar], Field(default_factory=list, description="Extra environment for every pod.")]
+    volumes: Annotated[list[ExtraVolume], Field(default_factory=list, description="Extra volumes for every pod.")]
+    priority_class_name: Annotated[Optional[str], Field(default=None, description="Pod priority class.")] = None
+    ray_version: Annotated[str, Field(default="2.60.0", description="Ray version in the image.")] = "2.60.0"
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes_do_not_collide(cls, volumes: list["ExtraVolume"]) -> list["ExtraVolume"]:
+        names = [v.name for v in volumes]
+        for i, volume in enumerate(volumes):
+            if volume.name in RESERVED_VOLUMES:
+                raise ValueError(f"[{i}].name: {volume.name!r} is used by the operator; pick another name")
+            if volume.name in names[:i]:
+                raise ValueError(f"[{i}].name: {volume.name!r} is given twice")
+            if volume.mount_path.rstrip("/") in RESERVED_MOUNTS:
+                raise ValueError(f"[{i}].mountPath: {volume.mount_path} is used by the operator; mount elsewhere")
+        return volumes
+
+    @field_validator("env")
+    @classmethod
+    def _env_not_kuberays(cls, env: list["EnvVar"]) -> list["EnvVar"]:
+        for i, var in enumerate(env):
+            if var.name in KUBERAY_ENV:
+                raise ValueError(f"[{i}].name: {var.name} is set by KubeRay on every Ray pod (the driver joins the "
+                                 "cluster through it); remove it")
+            if var.name in OPERATOR_ENV:
+                raise ValueError(f"[{i}].name: {var.name} is set by the operator; remove it")
+        return env
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _secret_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not DNS_LABEL.match(name):
+                raise ValueError(f"imagePullSecrets entries are Secret names (got {name!r})")
+        return value

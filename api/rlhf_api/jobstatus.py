@@ -1,0 +1,105 @@
+"""The RLHFJob's status as the API stores it: phases, conditions, progress. The CRD's status
+schema is generated from ``RLHFJobStatus``; the state machine that fills it is the operator's."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Literal, Optional
+
+from pydantic import ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from .base import SpecModel
+
+# Condition types (status.conditions[].type).
+VALIDATED = "Validated"
+RUNNING = "Running"
+SUSPENDED = "Suspended"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+STALLED = "Stalled"
+
+# The operator's own reasons; the others are KubeRay's, taken from the RayJob.
+VALIDATION_FAILED = "ValidationFailed"
+CODE_NOT_FOUND = "CodeNotFound"
+CHILD_CONFLICT = "ChildConflict"
+SPEC_IMMUTABLE = "SpecImmutable"
+RAYJOB_CREATED = "RayJobCreated"
+RAYJOB_MISSING = "RayJobMissing"
+
+
+
+class Phase(str, Enum):
+    Pending = "Pending"
+    Provisioning = "Provisioning"
+    Running = "Running"
+    Succeeded = "Succeeded"
+    Failed = "Failed"
+    Suspended = "Suspended"
+    Retrying = "Retrying"
+
+
+TERMINAL_PHASES = (Phase.Succeeded.value, Phase.Failed.value)
+
+
+_DATE_TIME = {"format": "date-time"}
+_INT64 = {"format": "int64"}
+
+
+class Condition(SpecModel):
+    """A condition as the Kubernetes API conventions define it."""
+
+    model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True)
+
+    type: str = Field(description="Validated, Running, Suspended, Succeeded, Failed or Stalled.")
+    status: Literal["True", "False", "Unknown"]
+    reason: Optional[str] = Field(default=None, description="One CamelCase word a program can match on.")
+    message: Optional[str] = Field(default=None, description="What happened, for people.")
+    last_transition_time: Optional[str] = Field(default=None, json_schema_extra=_DATE_TIME,
+                                                description="When status last changed.")
+    observed_generation: Optional[int] = Field(default=None, json_schema_extra=_INT64,
+                                               description="The spec generation this condition was set for.")
+
+
+class Progress(SpecModel):
+    """Training progress, as last read from the worker's progress endpoint (rlhf_api.progress)."""
+
+    model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True)
+
+    step: Optional[int] = Field(default=None, description="Training steps done.")
+    total_steps: Optional[int] = None
+    episode: Optional[int] = None
+    reward_mean: Optional[float] = Field(default=None, description="Mean reward of the last step's samples.")
+    score_mean: Optional[float] = Field(default=None, description="Mean score (as the reward function reported it).")
+    kl: Optional[float] = Field(default=None, description="Mean KL to the reference policy in the last step.")
+    samples_per_second: Optional[float] = None
+    last_weight_sync: Optional[str] = Field(default=None, description="When the rollout engines last got new weights.")
+    heartbeat: Optional[str] = Field(default=None, description="When the training loop last reported; a stale one "
+                                                                "sets the Stalled condition.")
+    updated: Optional[str] = None
+
+
+# The CRD's status schema is generated from this model (crd.status_schema).
+class RLHFJobStatus(SpecModel):
+    """Observed state, written by the operator only."""
+
+    # kopf keeps its own bookkeeping under status.kopf; it must survive the API server's pruning.
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True,
+                              json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+
+    phase: Optional[Phase] = Field(default=None, description="Where the job stands.")
+    reason: Optional[str] = Field(default=None, description="Why it is in this phase, as one CamelCase word.")
+    message: Optional[str] = None
+    conditions: Optional[list[Condition]] = Field(default=None, json_schema_extra={
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+    ray_job_name: Optional[str] = Field(default=None, description="The RayJob running this job.")
+    ray_cluster_name: Optional[str] = None
+    dashboard_url: Annotated[Optional[str], Field(default=None, alias="dashboardURL")] = None
+    code_hash: Optional[str] = Field(default=None, description="Hash of the snapshotted reward/agent code.")
+    progress: Optional[Progress] = None
+    last_checkpoint: Optional[str] = Field(default=None, description="Path of the newest checkpoint.")
+    attempts: Optional[int] = Field(default=None, description="Attempts made so far: the first run plus KubeRay's retries.")
+    start_time: Optional[str] = Field(default=None, json_schema_extra=_DATE_TIME)
+    completion_time: Optional[str] = Field(default=None, json_schema_extra=_DATE_TIME)
+    observed_generation: Optional[int] = Field(default=None, json_schema_extra=_INT64,
+                                               description="The spec generation the operator last acted on.")
