@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.kube_emulator import KubeEmulator  # noqa: E402
+from support.emulator import KubeEmulator  # noqa: E402
 
 NS = "bench"
 REWARD = "def reward_func(queries, prompts, labels):\n    return {'rewards': [0.0] * len(queries)}\n"

@@ -17,7 +17,7 @@ from kubernetes import watch
 from kubernetes.client.rest import ApiException
 
 from support.fixtures import kopf_runner, kube  # noqa: F401  (fixtures; tests/conftest.py puts tests/ on sys.path)
-from support.kube_emulator import (
+from support.emulator import (
     KUBECTL, KubeEmulator, apply_json_patch, apply_merge_patch, apply_strategic_merge_patch,
     parse_label_selector, wait_for,
 )

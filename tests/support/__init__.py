@@ -1,13 +1,14 @@
 """
 Test support: a Kubernetes API emulator (built on KMock) and a kopf runner.
 
-* :mod:`support.kube_emulator` — :class:`KubeEmulator`, an in-process
-  Kubernetes API server emulator speaking real HTTP (list/watch/patch/...).
+* :mod:`support.emulator` — :class:`KubeEmulator`, an in-process
+  Kubernetes API server emulator speaking real HTTP (list/watch/patch/...);
+  :mod:`support.kube_emulator` is its old import path.
 * :mod:`support.kopf_thread` — :class:`KopfRunner`, the real kopf
   operator in its own thread, pointed at an emulator.
 * :mod:`support.fixtures` — pytest fixtures ``kube``, ``kube_module``,
   ``kopf_runner``; enable with ``from support.fixtures import kube, kopf_runner``.
 """
-from .kube_emulator import ApiError, ApiResource, KubeEmulator, ObjectStore, wait_for
+from .emulator import ApiError, ApiResource, KubeEmulator, ObjectStore, wait_for
 
 __all__ = ['ApiError', 'ApiResource', 'KubeEmulator', 'ObjectStore', 'wait_for']

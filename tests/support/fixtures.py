@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
+from .emulator import KubeEmulator
 from .kopf_thread import KopfRunner
-from .kube_emulator import KubeEmulator
 
 __all__ = ['kube', 'kube_module', 'kopf_runner']
 
