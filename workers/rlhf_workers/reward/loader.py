@@ -15,6 +15,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Optional, Union
 
+from rlhf_api.contract import REWARD_FUNC_FIX, params_of_signature, reward_call_error, reward_call_problem
+
 from .errors import RewardLoadError
 
 __all__ = ["RewardFn", "load_reward_function", "check_signature", "looks_like_path", "user_traceback"]
@@ -36,23 +38,18 @@ def looks_like_path(source: Union[str, os.PathLike]) -> bool:
 
 
 def check_signature(fn: Any, where: str) -> None:
-    fix = (
-        "Define it as `def reward_func(queries, prompts, labels):` taking three positional "
-        "arguments (lists of equal length) and returning {\"rewards\": ...}."
-    )
+    """Refuse a ``reward_func`` that is not callable as ``reward_func(queries, prompts, labels)``,
+    by the rule the static check of the source uses (:func:`rlhf_api.contract.reward_call_problem`)."""
     if not callable(fn):
-        raise RewardLoadError(f"{where}: `reward_func` is a {type(fn).__name__}, not a function. {fix}", source=where)
+        raise RewardLoadError(f"{where}: `reward_func` is a {type(fn).__name__}, not a function. {REWARD_FUNC_FIX}",
+                              source=where)
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # builtins / C callables: cannot check, trust the user
         return
-    try:
-        sig.bind([], [], [])
-    except TypeError as exc:
-        raise RewardLoadError(
-            f"{where}: `reward_func{sig}` cannot be called as reward_func(queries, prompts, labels) ({exc}). {fix}",
-            source=where,
-        ) from None
+    problem = reward_call_problem(params_of_signature(sig))
+    if problem is not None:
+        raise RewardLoadError(f"{where}: {reward_call_error(str(sig), problem)}", source=where)
 
 
 def load_reward_function(
