@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from .handlers import Metrics
+    from .config import Metrics
 
 
 async def start_health_server(port: int, metrics: "Metrics", host: str = "0.0.0.0") -> web.AppRunner:
