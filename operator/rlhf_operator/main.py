@@ -2,6 +2,8 @@
 
 Importing this module registers the handlers on kopf's default registry, configured from
 the environment (see OperatorConfig.from_env), which is what `kopf run -m` expects.
+`run_operator` hands kopf the handlers' shared state as its memo (an OperatorContext);
+`kopf run` takes no memo, and the startup handler installs the same state itself.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Optional, Sequence
 
 import kopf
 
-from .handlers import OperatorConfig, register
+from .config import OperatorConfig
+from .context import OperatorContext
+from .handlers import register
 
 CONFIG = OperatorConfig.from_env()
 METRICS = register(kopf.get_default_registry(), CONFIG)
@@ -42,6 +46,10 @@ def run_operator(namespaces: Sequence[str] = (), all_namespaces: bool = False, v
     with _event_loop() as loop:
         kopf.run(
             loop=loop,
+            # The handlers were registered on import, configured by CONFIG: their memo is made
+            # from the same settings (``config`` above sets only what kopf itself is told:
+            # namespaces, peering, logging).
+            memo=OperatorContext(CONFIG, METRICS),
             clusterwide=not watched,
             namespaces=watched,
             standalone=cfg.peering is None,

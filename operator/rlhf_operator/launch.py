@@ -1,0 +1,227 @@
+"""Launch and spec edits: the RLHFJob's own change handlers.
+
+    launch        RLHFJob created (or operator resumed): validate, snapshot code, create children
+    spec_changed  RLHFJob spec edited: pass suspend/deadlines to the RayJob, refuse immutable edits
+
+Both are idempotent: a resumed operator runs ``launch`` again for every job it finds, and it
+adopts what an earlier run created instead of creating it twice.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import kopf
+from rlhf_api.base import snake_case
+from rlhf_api.contract import check_agent_source, check_reward_source
+from rlhf_api.jobstatus import TERMINAL_PHASES, Phase
+from rlhf_api.names import CODE_HASH_ANNOTATION, GROUP, KIND, VERSION
+from rlhf_api.spec import MUTABLE_FIELDS, RLHFJob, immutable_changes
+from rlhf_api.validation import FieldError, InvalidJob, parse_job, parse_spec
+from rlhf_api.workerconfig import REWARD_FILE
+
+from . import status as st
+from .context import OperatorContext
+from .kube import Kube, NotOwned, is_transient
+from .render import code_refs, render, snapshot_configmap_name
+from .writes import note, post, write_status
+
+API_RETRY_SECONDS = 3.0  # retry delay after an API server outage (kopf's default is 60 s)
+
+
+def retry_api_outages(handler):
+    """Retry a handler soon when the API server was unreachable or overloaded, instead of after
+    kopf's default minute: nothing was lost, the handler is idempotent."""
+    @functools.wraps(handler)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return handler(*args, **kwargs)
+        except Exception as exc:
+            if is_transient(exc):
+                raise kopf.TemporaryError(f"Kubernetes API unavailable: {exc}", delay=API_RETRY_SECONDS) from exc
+            raise
+    return wrapper
+
+
+class CodeUnavailable(Exception):
+    pass
+
+
+def _read_code(kube: Kube, job: RLHFJob, current: dict[str, Any]) -> dict[str, str]:
+    """Sources for configMapRef code: the job's existing snapshot if it has one, else the user's ConfigMaps."""
+    refs = code_refs(job.spec)
+    if not refs:
+        return {}
+    namespace = job.metadata.namespace
+    if current.get("codeHash"):
+        snapshot = kube.configmap_data(namespace, snapshot_configmap_name(job.metadata.name, current["codeHash"]))
+        if snapshot is not None and all(ref.file in snapshot for ref in refs):
+            return {ref.file: snapshot[ref.file] for ref in refs}
+    sources: dict[str, str] = {}
+    for ref in refs:
+        data = kube.configmap_data(namespace, ref.config_map)
+        if data is None:
+            raise CodeUnavailable(f"{ref.field}: ConfigMap {ref.config_map!r} not found in namespace {namespace!r};"
+                                  f" create it (kubectl create configmap {ref.config_map} --from-file={ref.key})")
+        if ref.key not in data:
+            raise CodeUnavailable(f"{ref.field}: ConfigMap {ref.config_map!r} has no key {ref.key!r}"
+                                  f" (it has: {', '.join(sorted(data)) or 'nothing'}); set configMapRef.key")
+        sources[ref.file] = data[ref.key]
+    return sources
+
+
+def _check_code(sources: dict[str, str], job: RLHFJob) -> None:
+    """The same checks as for inline code, on code that came from ConfigMaps."""
+    for ref in code_refs(job.spec):
+        what = f"ConfigMap {ref.config_map!r} key {ref.key!r}"
+        try:
+            (check_reward_source if ref.file == REWARD_FILE else check_agent_source)(sources[ref.file], what)
+        except ValueError as exc:
+            raise InvalidJob([FieldError(ref.field, str(exc))]) from None
+
+
+def _set_validated(memo: OperatorContext, body: kopf.Body, ok: bool, reason: str, message: str,
+                   phase: Optional[str] = None) -> None:
+    """Write the Validated condition; ``phase`` too, while the job has none yet or is Pending."""
+    meta = body["metadata"]
+    generation = meta.get("generation")
+
+    def change(job: dict[str, Any]) -> dict[str, Any]:
+        fresh = job.get("status") or {}
+        fields: dict[str, Any] = {
+            "conditions": st.set_condition(list(fresh.get("conditions") or []), st.VALIDATED, ok, reason,
+                                           message, generation),
+            "observedGeneration": generation,
+        }
+        if phase is not None and fresh.get("phase") in (None, Phase.Pending.value):
+            fields.update(phase=phase, reason=reason, message=message)
+        return fields
+    write_status(memo, meta["namespace"], meta["name"], change, body)
+
+
+def _fail(memo: OperatorContext, body: kopf.Body, reason: str, message: str) -> None:
+    memo.metrics.validation_failures += 1
+    _set_validated(memo, body, False, reason, message, Phase.Failed.value)
+    post(memo, body, [("Warning", reason, message)])
+
+
+def _launched(fresh_job: dict[str, Any], *, rayjob: dict[str, Any], job: RLHFJob,
+              generation: Optional[int]) -> dict[str, Any]:
+    """The status fields that record a launched RayJob, as a change to ``fresh_job``."""
+    fresh = fresh_job.get("status") or {}
+    code_hash = (rayjob["metadata"].get("annotations") or {}).get(CODE_HASH_ANNOTATION)
+    fields: dict[str, Any] = {
+        "rayJobName": rayjob["metadata"]["name"], "observedGeneration": generation,
+        "conditions": st.set_condition(list(fresh.get("conditions") or []), st.VALIDATED, True, "Valid",
+                                       "spec is valid and the Ray job is launched", generation),
+    }
+    if code_hash:
+        fields["codeHash"] = code_hash
+    # Only a job that has not moved on yet gets its first phase; the RayJob mirror owns it after.
+    if not fresh.get("phase") or fresh.get("reason") == st.CODE_NOT_FOUND:
+        if rayjob["spec"].get("suspend"):
+            reason = "Suspended" if job.spec.suspend else "WaitingForAdmission"
+            fields.update(phase=Phase.Suspended.value, reason=reason, message="RayJob created suspended")
+        else:
+            fields.update(phase=Phase.Pending.value, reason=st.RAYJOB_CREATED, message="RayJob created")
+    return {k: v for k, v in fields.items() if fresh.get(k) != v}
+
+
+@retry_api_outages
+def launch(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, namespace: str, name: str,
+           uid: str, logger: kopf.Logger, memo: OperatorContext, **_: Any) -> None:
+    current = dict(status)
+    generation = meta.get("generation")
+    note(memo, namespace, name, current)
+    if current.get("phase") in TERMINAL_PHASES:
+        return  # never relaunch a finished job, even if its RayJob is gone
+    try:
+        job = parse_job({"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+                         "metadata": {"name": name, "namespace": namespace, "uid": uid,
+                                      "labels": dict(meta.get("labels") or {}), "generation": generation},
+                         "spec": dict(body.get("spec") or {})})
+        sources = _read_code(memo.kube, job, current)
+        _check_code(sources, job)
+    except InvalidJob as exc:
+        _fail(memo, body, st.VALIDATION_FAILED, "; ".join(str(e) for e in exc.errors))
+        raise kopf.PermanentError(f"invalid RLHFJob: {exc}")
+    except CodeUnavailable as exc:
+        message = f"{exc}; retrying every {int(memo.cfg.code_retry_seconds)} s"
+        if current.get("reason") != st.CODE_NOT_FOUND:
+            post(memo, body, [("Warning", st.CODE_NOT_FOUND, message)])
+        _set_validated(memo, body, False, st.CODE_NOT_FOUND, message, Phase.Pending.value)
+        raise kopf.TemporaryError(str(exc), delay=memo.cfg.code_retry_seconds)
+
+    objects = render(job, sources, memo.options)
+    created = []
+    try:
+        for obj in objects:
+            if memo.kube.create_or_adopt(obj, uid):
+                created.append(f"{obj['kind']} {obj['metadata']['name']}")
+    except NotOwned as exc:
+        _fail(memo, body, st.CHILD_CONFLICT, str(exc))
+        raise kopf.PermanentError(str(exc))
+
+    rayjob = objects[-1]
+    launched = functools.partial(_launched, rayjob=rayjob, job=job, generation=generation)
+    if f"RayJob {rayjob['metadata']['name']}" in created and not current.get("rayJobName"):
+        # This call created the RayJob, and the mirror holds its writes until rayJobName is
+        # recorded (see mirror.mirror_rayjob): nothing else writes this status now, so kopf's own
+        # status patch after this handler carries these fields (one write instead of two).
+        fields = launched({"status": current})
+        patch.setdefault("status", {}).update(fields)
+        note(memo, namespace, name, {**current, **fields})
+    else:
+        # Adopted after a restart: the mirror may be writing too, so guard the write.
+        write_status(memo, namespace, name, launched, body)
+    if any(c.startswith("RayJob ") for c in created):
+        memo.metrics.rayjobs_created += 1
+        post(memo, body, [("Normal", st.RAYJOB_CREATED, f"created {', '.join(created)}")])
+        logger.info("created %s", ", ".join(created))
+
+
+@retry_api_outages
+def spec_changed(body: kopf.Body, old: Optional[dict], new: Optional[dict], meta: kopf.Meta, status: kopf.Status,
+                 namespace: str, name: str, memo: OperatorContext, **_: Any) -> None:
+    generation = meta.get("generation")
+    try:
+        new_spec = parse_spec(new or {})
+    except InvalidJob as exc:
+        message = f"the edited spec is invalid and was not applied: {exc}"
+        post(memo, body, [("Warning", st.VALIDATION_FAILED, message)])
+        write_status(memo, namespace, name, lambda job: {"conditions": st.set_condition(
+            list((job.get("status") or {}).get("conditions") or []), st.VALIDATED, False, st.VALIDATION_FAILED,
+            message, generation)}, body)
+        return
+    try:
+        old_spec = parse_spec(old or {})
+    except InvalidJob:
+        return  # the job never launched (launch reported why); nothing to carry over to a RayJob
+    frozen = immutable_changes(old_spec, new_spec)
+    if frozen:
+        message = f"{', '.join(frozen)} cannot change on an existing job and was not applied; create a new RLHFJob"
+        post(memo, body, [("Warning", st.SPEC_IMMUTABLE, message)])
+        verdict = (False, st.SPEC_IMMUTABLE, message)
+    else:
+        verdict = (True, "Valid", "spec is valid")
+
+    rayjob_patch: dict[str, Any] = {}
+    for attr in MUTABLE_FIELDS:
+        python_name = snake_case(attr)
+        if getattr(old_spec, python_name) != getattr(new_spec, python_name):
+            rayjob_patch[attr] = getattr(new_spec, python_name)
+    if rayjob_patch and status.get("rayJobName"):
+        memo.kube.patch_rayjob(namespace, status["rayJobName"], {"spec": rayjob_patch})
+        if "suspend" in rayjob_patch:
+            verb = "Suspending" if new_spec.suspend else "Resuming"
+            post(memo, body, [("Normal", verb, f"{verb.lower()} RayJob {status['rayJobName']}")])
+
+    def change(job: dict[str, Any]) -> dict[str, Any]:
+        conditions = list((job.get("status") or {}).get("conditions") or [])
+        validated = st.get_condition(conditions, st.VALIDATED)
+        if frozen or (validated is not None and validated.get("status") == "False"
+                      and validated.get("reason") in (st.SPEC_IMMUTABLE, st.VALIDATION_FAILED)):
+            conditions = st.set_condition(conditions, st.VALIDATED, *verdict, generation)
+        return {"conditions": conditions, "observedGeneration": generation}
+    write_status(memo, namespace, name, change, body)
