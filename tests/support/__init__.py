@@ -1,5 +1,5 @@
 """
-Test support: a Kubernetes API emulator (built on KMock) and a kopf runner.
+Test support: a Kubernetes API emulator (built on KMock), a kopf runner, job documents.
 
 * :mod:`support.emulator` — :class:`KubeEmulator`, an in-process
   Kubernetes API server emulator speaking real HTTP (list/watch/patch/...);
@@ -8,6 +8,8 @@ Test support: a Kubernetes API emulator (built on KMock) and a kopf runner.
   operator in its own thread, pointed at an emulator.
 * :mod:`support.fixtures` — pytest fixtures ``kube``, ``kube_module``,
   ``kopf_runner``; enable with ``from support.fixtures import kube, kopf_runner``.
+* :mod:`support.jobs` — RLHFJob documents for every tier: ``rlhfjob``, ``job``
+  (the minimal job with overrides by path), ``runnable_spec``/``merge``/``write_job``.
 """
 from .emulator import ApiError, ApiResource, KubeEmulator, ObjectStore, wait_for
 

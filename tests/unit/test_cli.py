@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from k8s_schemas import rayjob_errors
-from jobs import job
+from support.jobs import job
 
 ROOT = Path(__file__).resolve().parents[2]
 RLHF = [sys.executable, "-m", "rlhf_cli.cli"]

@@ -9,7 +9,7 @@ import yaml
 
 from rlhf_api import crd
 from rlhf_api.validation import parse_job
-from jobs import job
+from support.jobs import job
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "crds" / "rlhf.dev_rlhfjobs.yaml"

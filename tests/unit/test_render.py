@@ -14,7 +14,7 @@ from rlhf_api.podsecurity import pod_specs, restricted_violations
 from rlhf_operator.render import MissingCode, RenderOptions, code_refs, quantity_value, render
 from rlhf_api.validation import InvalidJob, parse_job
 from rlhf_api.workerconfig import WorkerConfig
-from jobs import REWARD_SOURCE, job
+from support.jobs import REWARD_SOURCE, job
 
 ROOT = Path(__file__).resolve().parents[2]
 UID = "7f3c2a4e-1111-2222-3333-444455556666"

@@ -4,7 +4,7 @@ import pytest
 
 from rlhf_api.spec import RLHFJobSpec, immutable_changes
 from rlhf_api.validation import InvalidJob, parse_job
-from jobs import REWARD_SOURCE, job
+from support.jobs import REWARD_SOURCE, job
 
 
 def errors_of(doc):

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from e2e import base_spec, merge, metrics, write_job
+from e2e import metrics
+from support.jobs import merge, runnable_spec, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +69,7 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_data_position(tmp_
     reward.write_text(LOGGING_REWARD)
     log_dir = tmp_path / "prompt-log"
     log_dir.mkdir()
-    spec = merge(base_spec(tiny, prompts, reward), {
+    spec = merge(runnable_spec(tiny, prompts, reward), {
         "training": {"maxSteps": 12, "episodes": 2, "rolloutBatchSize": 4, "seed": 5},
         "checkpoint": {"saveSteps": 2, "maxKeep": 2},
         "cluster": {"env": [{"name": "PROMPT_LOG", "value": str(log_dir)}]},

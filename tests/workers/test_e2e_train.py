@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2e import QUICKSTART, base_spec, copy_quickstart, mean, merge, metrics, write_job
+from e2e import QUICKSTART, copy_quickstart, mean, metrics
+from support.jobs import merge, runnable_spec, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -75,10 +76,10 @@ def ascii_reward(tmp_path):
 
 @pytest.fixture()
 def job(tiny, tmp_path):
-    """Write a job from base_spec + overrides; returns its path."""
+    """Write a job from runnable_spec + overrides; returns its path."""
 
     def make(overrides=None, reward=QUICKSTART / "reward_func.py", prompts=QUICKSTART / "prompts.jsonl", name="e2e"):
-        return write_job(tmp_path, merge(base_spec(tiny, prompts, reward), overrides or {}), name)
+        return write_job(tmp_path, merge(runnable_spec(tiny, prompts, reward), overrides or {}), name)
 
     return make
 
@@ -432,7 +433,7 @@ def test_weight_sync_makes_engine_logprobs_match_the_trainer(ray_cluster, tiny, 
     from rlhf_workers.batch import pad_rows
     from rlhf_workers.data import Prompt
 
-    spec = RLHFJobSpec.model_validate(merge(base_spec(tiny, QUICKSTART / "prompts.jsonl", QUICKSTART / "reward_func.py"), {
+    spec = RLHFJobSpec.model_validate(merge(runnable_spec(tiny, QUICKSTART / "prompts.jsonl", QUICKSTART / "reward_func.py"), {
         "rollout": {"backend": backend, "engines": 2 if placement == "distributed" else 1}, "cluster": {"placement": placement},
         "training": {"learningRate": 3e-2, "trainBatchSize": 8, "microBatchSize": 8, "zeroStage": 2}}))
     cluster = Cluster.start(spec, placement=placement, reward=("function", {"path": str(QUICKSTART / "reward_func.py")}),
