@@ -1,19 +1,13 @@
-"""Operator integration tests: the real kopf runtime, in a thread, against the API emulator."""
+"""Operator integration tests: the real kopf runtime, in a thread, against the API emulator.
 
-import json
-import threading
-from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+The helpers these tests share are in support/operator_env.py; the fixtures are here.
+"""
 
-import kopf
 import pytest
 
-from rlhf_operator.handlers import OperatorConfig, register
+from rlhf_operator.config import OperatorConfig
 from support.fixtures import kube  # noqa: F401  (fixture)
-from support.kopf_thread import KopfRunner
-
-NS = "team-a"
-REWARD = "def reward_func(queries, prompts, labels):\n    return {'rewards': [float(len(q)) for q in queries]}\n"
+from support.operator_env import NS, RAYJOBS, Operator, ProgressServer, kuberay, rlhfjob, wait_phase
 
 
 @pytest.fixture
@@ -23,29 +17,6 @@ def config(kube):
                           stall_seconds=3600, code_retry_seconds=0.3, worker_image="example/workers:test")
 
 
-class Operator:
-    """Start/stop the operator, possibly several times (restarts) over one emulator."""
-
-    def __init__(self, kube, config):
-        self.kube, self.config, self.runner = kube, config, None
-
-    def start(self, **overrides):
-        cfg = replace(self.config, **overrides) if overrides else self.config
-        registry = kopf.OperatorRegistry()
-        self.metrics = register(registry, cfg)
-        self.runner = KopfRunner(self.kube, registry=registry, clusterwide=True).start()
-        return self
-
-    def stop(self):
-        if self.runner is not None:
-            self.runner.stop()
-            self.runner = None
-
-    def restart(self):
-        self.stop()
-        return self.start()
-
-
 @pytest.fixture
 def operator(kube, config):
     op = Operator(kube, config)
@@ -53,48 +24,19 @@ def operator(kube, config):
     op.stop()
 
 
-def rlhfjob(name="demo", spec=None, labels=None):
-    body = {
-        "apiVersion": "rlhf.dev/v1alpha1",
-        "kind": "RLHFJob",
-        "metadata": {"name": name, "namespace": NS, "labels": labels or {}},
-        "spec": spec or {
-            "model": {"path": "/models/tiny"},
-            "data": {"prompts": "/data/p.jsonl", "labelKey": "answer"},
-            "reward": {"function": {"inline": REWARD}},
-            "algorithm": {"advantageEstimator": "rloo", "nSamplesPerPrompt": 4},
-            "backoffLimit": 1,
-        },
-    }
-    return body
-
-
-class ProgressServer:
-    """A real local HTTP server playing the worker driver's progress endpoint."""
-
-    def __init__(self):
-        self.report = {"schemaVersion": 1, "state": "starting", "step": 0, "heartbeat": ""}
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                body = json.dumps(outer.report).encode()
-                self.send_response(200 if self.path == "/progress" else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/progress"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+@pytest.fixture
+def running_job(kube, operator):
+    """Create → RayJob → Running, the set-up many tests share: ``running_job(spec=None, **settings)``
+    starts the operator (with ``settings`` over the test config), creates the job ``demo``
+    (``spec``: rlhfjob()'s if None), waits for its RayJob, plays KubeRay up to a running Ray job,
+    and returns the job's status once it is Running."""
+    def start(spec=None, **settings):
+        operator.start(**settings)
+        kube.create(rlhfjob(spec=spec))
+        kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
+        kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING")
+        return wait_phase(kube, "Running")
+    return start
 
 
 @pytest.fixture

@@ -10,15 +10,9 @@ import uuid
 
 import pytest
 
-from conftest import rlhfjob
+from support.operator_env import free_port, rlhfjob
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -2,8 +2,7 @@
 
 import urllib.request
 
-from conftest import NS, rlhfjob
-from test_admission import free_port
+from support.operator_env import NS, free_port, rlhfjob
 
 
 def test_healthz_and_metrics_count_jobs_by_phase(kube, operator):

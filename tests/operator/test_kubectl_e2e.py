@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from kopf.testing import KopfRunner
 
-from conftest import NS
+from support.operator_env import NS
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.kubectl, pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")]

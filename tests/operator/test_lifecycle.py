@@ -5,36 +5,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import NS, REWARD, rlhfjob
 from k8s_schemas import rayjob_errors
 from support.fake_kuberay import FakeKubeRay
-
-RAYJOBS = "ray.io/v1/rayjobs"
-JOBS = "rlhf.dev/v1alpha1/rlhfjobs"
-
-
-def job_status(kube, name="demo"):
-    return (kube.get(JOBS, name, NS) or {}).get("status") or {}
-
-
-def wait_phase(kube, phase, reason=None, name="demo", timeout=15):
-    def reached():
-        status = job_status(kube, name)
-        return status if status.get("phase") == phase and (reason is None or status.get("reason") == reason) else None
-    return kube.wait_for(reached, timeout=timeout, message=lambda: f"phase {phase}/{reason}; status now {job_status(kube, name)}")
-
-
-def conditions(status):
-    return {c["type"]: c for c in status.get("conditions") or []}
-
-
-def kuberay(kube, name="demo", **status):
-    """Play KubeRay: write the RayJob's status as KubeRay would."""
-    kube.patch_status(RAYJOBS, name, status, NS)
-
-
-def reasons(kube, name="demo"):
-    return [e["reason"] for e in kube.events(NS, involved_name=name, involved_kind="RLHFJob")]
+from support.operator_env import (JOBS, NS, RAYJOBS, REWARD, conditions, job_status, kuberay, reasons, rlhfjob,
+                                  wait_phase)
 
 
 def test_create_makes_the_snapshot_configmap_and_rayjob_owned_by_the_job(kube, operator):
@@ -118,14 +92,10 @@ def test_a_head_without_a_dashboard_port_never_leaves_initializing(kube, operato
     ({"jobStatus": "RUNNING", "reason": "DeadlineExceeded", "message": "activeDeadlineSeconds exceeded"}, "DeadlineExceeded"),
     ({"reason": "SubmissionFailed", "message": "submitter pod failed"}, "SubmissionFailed"),
 ])
-def test_failures_are_terminal_with_kuberay_reason(kube, operator, failure, reason):
-    operator.start()
+def test_failures_are_terminal_with_kuberay_reason(kube, running_job, failure, reason):
     spec = rlhfjob()["spec"]
     spec["backoffLimit"] = 0
-    kube.create(rlhfjob(spec=spec))
-    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
-    kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING")
-    wait_phase(kube, "Running")
+    running_job(spec)
     kuberay(kube, jobDeploymentStatus="Failed", failed=1, **failure)
     status = wait_phase(kube, "Failed", reason)
     assert failure["message"] in status["message"]
@@ -135,12 +105,8 @@ def test_failures_are_terminal_with_kuberay_reason(kube, operator, failure, reas
                               for e in kube.events(NS, involved_name="demo", involved_kind="RLHFJob")))
 
 
-def test_retry_then_success(kube, operator):
-    operator.start()
-    kube.create(rlhfjob())  # backoffLimit: 1
-    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
-    kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING")
-    wait_phase(kube, "Running")
+def test_retry_then_success(kube, running_job):
+    running_job()  # backoffLimit: 1
     # KubeRay writes Retrying (not Failed) when backoffLimit leaves a retry, then New, then Initializing.
     kuberay(kube, jobDeploymentStatus="Retrying", jobStatus="FAILED", reason="AppFailed", message="OOM", failed=1)
     status = wait_phase(kube, "Retrying")
@@ -164,12 +130,8 @@ def test_kuberay_validation_failure(kube, operator):
     assert "invalid rayClusterSpec" in status["message"]
 
 
-def test_suspend_and_resume(kube, operator):
-    operator.start()
-    kube.create(rlhfjob())
-    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
-    kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING")
-    wait_phase(kube, "Running")
+def test_suspend_and_resume(kube, running_job):
+    running_job()
     kube.patch(JOBS, "demo", {"spec": {"suspend": True}}, NS)
     kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS)["spec"].get("suspend") is True)
     kuberay(kube, jobDeploymentStatus="Suspending")
@@ -302,12 +264,8 @@ def test_deleting_the_job_leaves_nothing_behind(kube, operator):
     assert kube.list("v1/configmaps", NS, label_selector="rlhf.dev/job-name=demo") == []
 
 
-def test_deleted_rayjob_marks_a_running_job_failed(kube, operator):
-    operator.start()
-    kube.create(rlhfjob())
-    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
-    kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING")
-    wait_phase(kube, "Running")
+def test_deleted_rayjob_marks_a_running_job_failed(kube, running_job):
+    running_job()
     kube.delete(RAYJOBS, "demo", NS)
     status = wait_phase(kube, "Failed", "RayJobMissing")
     assert "was deleted" in status["message"]
@@ -452,11 +410,7 @@ def test_progress_is_polled_into_status_and_a_stale_heartbeat_stalls(kube, opera
     assert not kube.get(JOBS, "demo", NS)["metadata"].get("finalizers")  # polling holds no finalizer
 
 
-def test_unreachable_progress_endpoint_stalls_after_the_limit(kube, operator):
-    operator.start(progress_url="http://127.0.0.1:9/progress", stall_seconds=1)
-    kube.create(rlhfjob())
-    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS))
-    kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING")
-    wait_phase(kube, "Running")
+def test_unreachable_progress_endpoint_stalls_after_the_limit(kube, operator, running_job):
+    running_job(progress_url="http://127.0.0.1:9/progress", stall_seconds=1)
     kube.wait_for(lambda: conditions(job_status(kube)).get("Stalled", {}).get("status") == "True", timeout=15)
     assert operator.metrics.progress_failures > 0
