@@ -123,7 +123,8 @@ class KopfRunner:
     :param namespaces: namespaces to serve; cluster-wide if empty (or ``clusterwide=True``).
     :param settings: base settings; :func:`fast_settings` is applied on top unless ``fast=False``.
     :param configure: a callback to tweak the settings after that.
-    :param memo: the operator's memo (``kopf.Memo``).
+    :param memo: the operator's memo: a ``kopf.Memo``, or any object with ``__copy__``
+        (kopf's custom memo classes); kopf makes an empty ``kopf.Memo`` if None.
     """
 
     def __init__(
