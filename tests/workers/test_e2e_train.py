@@ -450,7 +450,7 @@ def test_weight_sync_makes_engine_logprobs_match_the_trainer(ray_cluster, tiny, 
 
     def engine_vs_trainer(batch: Rollout) -> float:
         mask = batch.action_mask()
-        trainer = _forward(cluster, "policy", batch, 256, 4, mask)
+        trainer = _forward(cluster.policy, batch, 256, 4, mask)
         return float(((trainer - pad_rows([x.logprobs for x in batch.samples], mask.size(1))).abs() * mask).max())
 
     try:
@@ -461,7 +461,7 @@ def test_weight_sync_makes_engine_logprobs_match_the_trainer(ray_cluster, tiny, 
         schedule = train_schedule(len(batch), 8, 8, len(cluster.policy), 1, seed=0)
         import ray
 
-        ray.get(_train(cluster, "policy", batch, schedule, 256, {"advantages": advantages}))
+        ray.get(_train(cluster.policy, batch, schedule, 256, {"advantages": advantages}))
         assert engine_vs_trainer(rollout()) > 1e-3  # the engine has not seen the update yet
         cluster.weight_sync.push()
         assert engine_vs_trainer(rollout()) < 1e-4

@@ -294,20 +294,53 @@ def required_cpus(spec: RLHFJobSpec, placement: str) -> int:
 
 
 @dataclass
+class RoleGroup:
+    """The workers that host one role, and the worker methods that serve it.
+
+    The four groups differ only in these names, so the driver calls ``cluster.ref.forward(...)``
+    instead of looking a role string up in a table at every call site. A worker may be in
+    several groups (colocated: each worker is in all of them).
+    """
+
+    role: str  #: as in :attr:`WorkerPlan.roles`
+    forward_method: Optional[str] = None  #: the :class:`RoleWorker` method of its forward pass
+    train_method: Optional[str] = None  #: the :class:`RoleWorker` method of its update
+    actors: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def __iter__(self):
+        return iter(self.actors)
+
+    def forward(self, per_worker: list[list[MicroBatch]]) -> list[list[torch.Tensor]]:
+        """Per worker, its micro-batches' outputs (logprobs or values), in order."""
+        return ray.get([getattr(w, self.forward_method).remote(mbs) for w, mbs in zip(self.actors, per_worker)])
+
+    def train(self, per_worker: list[list[list[MicroBatch]]]) -> list[ray.ObjectRef]:
+        """Start one update on every worker; the refs of their stats (policy and critic may run together)."""
+        return [getattr(w, self.train_method).remote(steps) for w, steps in zip(self.actors, per_worker)]
+
+
+@dataclass
 class Cluster:
     """Handles on the started workers, grouped by role (a worker may appear in several groups)."""
 
     placement: str
     workers: list = field(default_factory=list)
-    engines: list = field(default_factory=list)
-    policy: list = field(default_factory=list)
-    ref: list = field(default_factory=list)
-    critic: list = field(default_factory=list)
+    engines: RoleGroup = field(default_factory=lambda: RoleGroup("engine"))
+    policy: RoleGroup = field(default_factory=lambda: RoleGroup("policy", "policy_logprobs", "train_policy"))
+    ref: RoleGroup = field(default_factory=lambda: RoleGroup("ref", "ref_logprobs"))
+    critic: RoleGroup = field(default_factory=lambda: RoleGroup("critic", "critic_values", "train_critic"))
     rewards: Optional[RewardPool] = None
     weight_sync: Optional[WeightSync] = None
     setup_info: list = field(default_factory=list)
     _pg: Any = None
     _reward_actors: list = field(default_factory=list)
+
+    def group(self, role: str) -> RoleGroup:
+        """The group of a role named in a :class:`WorkerPlan`."""
+        return next(g for g in (self.engines, self.policy, self.ref, self.critic) if g.role == role)
 
     @classmethod
     def start(cls, spec: RLHFJobSpec, *, placement: str, reward: Optional[tuple[str, dict]], total_optimizer_steps: int,
@@ -341,7 +374,7 @@ class Cluster:
             if plan.world:
                 worlds.setdefault(plan.world, []).append(actor)
             for role in plan.roles:
-                getattr(cluster, {"engine": "engines", "policy": "policy", "ref": "ref", "critic": "critic"}[role]).append(actor)
+                cluster.group(role).actors.append(actor)
         # Each DeepSpeed world meets at its rank 0; all workers start in parallel.
         masters = {name: ray.get(members[0].address.remote()) for name, members in worlds.items()}
         setup = []
@@ -379,17 +412,6 @@ class Cluster:
         chunks = split_evenly(prompts, len(self.engines))
         return [e.generate.remote(c, sampling) for e, c in zip(self.engines, chunks) if c]
 
-    # ---- forward passes and updates, one list of micro-batches per worker of the role
-    def forward(self, role: str, per_worker: list[list[MicroBatch]]) -> list[list[torch.Tensor]]:
-        group = {"policy": self.policy, "ref": self.ref, "critic": self.critic}[role]
-        method = {"policy": "policy_logprobs", "ref": "ref_logprobs", "critic": "critic_values"}[role]
-        return ray.get([getattr(w, method).remote(mbs) for w, mbs in zip(group, per_worker)])
-
-    def train(self, role: str, per_worker: list[list[list[MicroBatch]]]) -> list[dict[str, float]]:
-        group = self.policy if role == "policy" else self.critic
-        method = "train_policy" if role == "policy" else "train_critic"
-        return ray.get([getattr(w, method).remote(steps) for w, steps in zip(group, per_worker)])
-
     # ---- checkpoints
     def save_checkpoint(self, directory: str, tag: str) -> None:
         ray.get([w.save_checkpoint.remote(directory, tag) for w in self._trainer_workers()])
@@ -402,7 +424,7 @@ class Cluster:
 
     def _trainer_workers(self) -> list:
         seen, out = set(), []
-        for w in self.policy + self.critic:
+        for w in self.policy.actors + self.critic.actors:
             if w._actor_id not in seen:
                 seen.add(w._actor_id)
                 out.append(w)

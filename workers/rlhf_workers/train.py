@@ -50,7 +50,7 @@ from .agent import AgentRunner, agent_rewards
 from .algorithms import compute_advantages, compute_kl, dynamic_filter, masked_mean
 from .batch import MicroBatch, dummy, pack, pad_rows
 from .checkpoint import Checkpoint, Checkpoints
-from .cluster import Cluster, resolve_placement, split_evenly
+from .cluster import Cluster, RoleGroup, resolve_placement, split_evenly
 from .data import Prompt, PromptStream, load_prompts, load_tokenizer
 from .metrics import CURVE_FILE, MetricsLog, ProgressServer, plot_reward_curve
 from .reward import RewardResult
@@ -258,9 +258,9 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
                 updates = math.ceil(num_samples / training.train_batch_size) * training.max_epochs
                 need_old = kl_in_reward or updates > 1
                 with t("logprobs"):
-                    old_logprobs = _forward(cluster, "policy", batch, pad_id, training.micro_batch_size, action_mask) if need_old else None
-                    ref_logprobs = _forward(cluster, "ref", batch, pad_id, training.micro_batch_size, action_mask) if kl_on else None
-                    values = _forward(cluster, "critic", batch, pad_id, training.micro_batch_size, action_mask) \
+                    old_logprobs = _forward(cluster.policy, batch, pad_id, training.micro_batch_size, action_mask) if need_old else None
+                    ref_logprobs = _forward(cluster.ref, batch, pad_id, training.micro_batch_size, action_mask) if kl_on else None
+                    values = _forward(cluster.critic, batch, pad_id, training.micro_batch_size, action_mask) \
                         if algo.advantage_estimator == "gae" else None
 
                 # ------------------------------------------------ 5. advantages
@@ -279,8 +279,8 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
                                               len(cluster.policy), training.max_epochs, seed=training.seed + step)
                     fields = dict(advantages=adv.advantages, old_logprobs=old_logprobs,
                                   ref_logprobs=ref_logprobs if algo.kl.use_loss else None, rollout_logprobs=rollout_logprobs)
-                    policy_refs = _train(cluster, "policy", batch, schedule, pad_id, fields)
-                    critic_refs = _train(cluster, "critic", batch, schedule, pad_id,
+                    policy_refs = _train(cluster.policy, batch, schedule, pad_id, fields)
+                    critic_refs = _train(cluster.critic, batch, schedule, pad_id,
                                          dict(returns=adv.returns, old_values=values)) if values is not None else []
                     stats = _mean_stats(ray.get(policy_refs) + ray.get(critic_refs))
 
@@ -424,11 +424,10 @@ def _micro_batch(batch: Rollout, indices: list[int], pad_id: int, fields: Option
     return mb
 
 
-def _forward(cluster: Cluster, role: str, batch: Rollout, pad_id: int, micro: int, action_mask: torch.Tensor) -> torch.Tensor:
-    """A ``[B, T]`` tensor of the role's per-token outputs (logprobs or values) for the whole batch."""
-    workers = len({"policy": cluster.policy, "ref": cluster.ref, "critic": cluster.critic}[role])
-    schedule = forward_schedule(len(batch), micro, workers)
-    outputs = cluster.forward(role, [[_micro_batch(batch, idx, pad_id) for idx in mbs] for mbs in schedule])
+def _forward(group: RoleGroup, batch: Rollout, pad_id: int, micro: int, action_mask: torch.Tensor) -> torch.Tensor:
+    """A ``[B, T]`` tensor of the group's per-token outputs (logprobs or values) for the whole batch."""
+    schedule = forward_schedule(len(batch), micro, len(group))
+    outputs = group.forward([[_micro_batch(batch, idx, pad_id) for idx in mbs] for mbs in schedule])
     full = torch.zeros_like(action_mask)
     for mbs, outs in zip(schedule, outputs):
         for idx, out in zip(mbs, outs):
@@ -437,11 +436,9 @@ def _forward(cluster: Cluster, role: str, batch: Rollout, pad_id: int, micro: in
     return full * action_mask
 
 
-def _train(cluster: Cluster, role: str, batch: Rollout, schedule, pad_id: int, fields: dict) -> list:
-    group = cluster.policy if role == "policy" else cluster.critic
-    method = "train_policy" if role == "policy" else "train_critic"
-    return [getattr(w, method).remote([[_micro_batch(batch, idx, pad_id, fields) for idx in step] for step in steps])
-            for w, steps in zip(group, schedule)]
+def _train(group: RoleGroup, batch: Rollout, schedule, pad_id: int, fields: dict) -> list:
+    """Start the group's update on ``schedule`` (see :func:`train_schedule`); the refs of its stats."""
+    return group.train([[[_micro_batch(batch, idx, pad_id, fields) for idx in step] for step in steps] for steps in schedule])
 
 
 def _mean_stats(parts: list[dict[str, float]]) -> dict[str, float]:
