@@ -17,29 +17,29 @@ from rlhf_operator.config import OperatorConfig
 from rlhf_operator.context import OperatorContext
 from rlhf_operator.handlers import register
 
+from . import jobs
 from .kopf_thread import KopfRunner
 
-NS = "team-a"
+NS = jobs.NAMESPACE  # "team-a"
 REWARD = "def reward_func(queries, prompts, labels):\n    return {'rewards': [float(len(q)) for q in queries]}\n"
 RAYJOBS = "ray.io/v1/rayjobs"
 JOBS = "rlhf.dev/v1alpha1/rlhfjobs"
 
 
+# The operator tier's job: valid, with a reward whose code the tests compare, and one retry.
+SPEC = {
+    "model": {"path": "/models/tiny"},
+    "data": {"prompts": "/data/p.jsonl", "labelKey": "answer"},
+    "reward": {"function": {"inline": REWARD}},
+    "algorithm": {"advantageEstimator": "rloo", "nSamplesPerPrompt": 4},
+    "backoffLimit": 1,
+}
+
+
 def rlhfjob(name: str = "demo", spec: Optional[dict[str, Any]] = None,
             labels: Optional[dict[str, str]] = None) -> dict[str, Any]:
-    """An RLHFJob in NS; by default a valid one with an inline reward and one retry (backoffLimit 1)."""
-    return {
-        "apiVersion": "rlhf.dev/v1alpha1",
-        "kind": "RLHFJob",
-        "metadata": {"name": name, "namespace": NS, "labels": labels or {}},
-        "spec": spec or {
-            "model": {"path": "/models/tiny"},
-            "data": {"prompts": "/data/p.jsonl", "labelKey": "answer"},
-            "reward": {"function": {"inline": REWARD}},
-            "algorithm": {"advantageEstimator": "rloo", "nSamplesPerPrompt": 4},
-            "backoffLimit": 1,
-        },
-    }
+    """An RLHFJob in NS around a copy of ``spec`` (SPEC if none), built by support.jobs."""
+    return jobs.rlhfjob(spec or SPEC, name=name, namespace=NS, labels=labels or {})
 
 
 class Operator:
