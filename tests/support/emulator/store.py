@@ -7,6 +7,9 @@ them, and the operator reads generations (``observedGeneration``) and owner uids
 write here goes through one path that stamps them, refuses what an apiserver refuses
 (404, 409, 422 as :class:`ApiError`), appends to the resource's watch log and wakes its
 watchers. The HTTP handler and the tests' helpers call the same methods.
+
+At ~520 lines this is a little over the suite's ~500: the write path (create, update,
+delete, finalizers, garbage collection) stays in one class so that no write can skip a check.
 """
 from __future__ import annotations
 
