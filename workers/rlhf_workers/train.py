@@ -34,7 +34,6 @@ import logging
 import math
 import random
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol
@@ -47,7 +46,7 @@ from rlhf_api.progress import CheckpointInfo, utc_now
 from rlhf_api.workerconfig import WorkerConfig
 
 from .agent import AgentRunner, agent_rewards
-from .algorithms import compute_advantages, compute_kl, dynamic_filter, masked_mean
+from .algorithms import compute_advantages, compute_kl, dynamic_filter
 from .batch import MicroBatch, dummy, pack, pad_rows
 from .checkpoint import Checkpoint, Checkpoints
 from .cluster import Cluster, RoleGroup, resolve_placement, split_evenly
@@ -55,6 +54,7 @@ from .data import Prompt, PromptStream, load_prompts, load_tokenizer
 from .metrics import CURVE_FILE, MetricsLog, ProgressServer, plot_reward_curve
 from .reward import RewardResult
 from .rollout import Sample, SamplingConfig
+from .step_metrics import Timer, kl_metric, mean_stats, rollout_metrics, timing_metrics, update_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -95,19 +95,6 @@ class TrainResult:
     output_dir: Path
     final_model: Optional[Path]
     placement: str
-
-
-class Timer:
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 @dataclass
@@ -282,55 +269,29 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
                     policy_refs = _train(cluster.policy, batch, schedule, pad_id, fields)
                     critic_refs = _train(cluster.critic, batch, schedule, pad_id,
                                          dict(returns=adv.returns, old_values=values)) if values is not None else []
-                    stats = _mean_stats(ray.get(policy_refs) + ray.get(critic_refs))
+                    stats = mean_stats(ray.get(policy_refs) + ray.get(critic_refs))
 
                 # ------------------------------------------------ 7. weight sync
                 with t("weight_sync"):
                     cluster.weight_sync.push()
                 last_sync = utc_now()
 
-                if kl_in_reward:
-                    kl_value = float(masked_mean(kl, action_mask))
-                elif kl_on:
-                    kl_value = stats.get("kl_loss", 0.0)
-                else:
-                    kl_value = 0.0
-                row.update({"reward/mean_trained": sum(x.reward for x in batch.samples) / num_samples, "samples": num_samples,
-                            "kl": kl_value})
-                row["advantages/zero_groups"] = adv.zero_groups
-                row.update({k: v for k, v in stats.items() if not k.startswith("logprob_diff")})
-                if "logprob_diff_mean" in stats:
-                    row["rollout/logprob_diff_mean"] = stats["logprob_diff_mean"]
-                    row["rollout/logprob_diff_max"] = stats["logprob_diff_max"]
-                    if stats["logprob_diff_mean"] > 0.05 and step > 0:
-                        logger.warning("rollout and trainer logprobs differ by %.3g on average: weight sync suspect",
-                                       stats["logprob_diff_mean"])
+                row.update(update_metrics(batch.samples, kl_metric(kl, action_mask, stats, algo.kl.coef), adv, stats))
+                if stats.get("logprob_diff_mean", 0.0) > 0.05 and step > 0:
+                    logger.warning("rollout and trainer logprobs differ by %.3g on average: weight sync suspect",
+                                   stats["logprob_diff_mean"])
             else:
                 reporter.message(f"step {step + 1}: no prompt group passed dynamic filtering; nothing to train on")
                 row.update({"samples": 0, "kl": 0.0})
 
             # ---------------------------------------------------- 8. metrics, progress, checkpoint
             step += 1
-            rewards_t = torch.tensor([x.reward for x in generated])
-            lengths = [len(x.response_ids) for x in generated]
-            row.update({
-                "reward/mean": float(rewards_t.mean()), "reward/std": float(rewards_t.std()) if len(generated) > 1 else 0.0,
-                "reward/min": float(rewards_t.min()), "reward/max": float(rewards_t.max()),
-                "score/mean": sum(x.score for x in generated) / len(generated),
-                "filter/pass_rate": batch.groups / groups_generated, "filter/groups_generated": groups_generated,
-                "response_length/mean": sum(lengths) / len(lengths), "response_length/max": max(lengths),
-                "response/clip_ratio": sum(x.truncated for x in generated) / len(generated),
-            })
-            tokens_generated = agent.client.take_token_count() if agent else sum(lengths)
-            row.update({f"extra/{k}": v for k, v in reward_result.extra_logs.items()})
+            row.update(rollout_metrics(generated, batch.groups, groups_generated, reward_result.extra_logs))
+            tokens_generated = agent.client.take_token_count() if agent else sum(len(x.response_ids) for x in generated)
             if spec.checkpoint.save_steps > 0 and step % spec.checkpoint.save_steps == 0 and step < total_steps:
                 with t("checkpoint"):
                     last_ckpt = _save(cluster, checkpoints, step, prompts, total_steps)
-            step_seconds = time.perf_counter() - step_start
-            row.update({f"time/{k}": v for k, v in t.seconds.items()})
-            row["time/step"] = step_seconds
-            row["samples_per_second"] = row["samples"] / step_seconds
-            row["tokens_per_second"] = tokens_generated / max(t.seconds.get("generate", 0.0), 1e-9)
+            row.update(timing_metrics(t.seconds, time.perf_counter() - step_start, row["samples"], tokens_generated))
             metrics.log(row)
             reporter.step(row)
             progress.update(step=step, episode=prompts.episode, reward_mean=row["reward/mean"], score_mean=row["score/mean"],
@@ -439,15 +400,6 @@ def _forward(group: RoleGroup, batch: Rollout, pad_id: int, micro: int, action_m
 def _train(group: RoleGroup, batch: Rollout, schedule, pad_id: int, fields: dict) -> list:
     """Start the group's update on ``schedule`` (see :func:`train_schedule`); the refs of its stats."""
     return group.train([[[_micro_batch(batch, idx, pad_id, fields) for idx in step] for step in steps] for steps in schedule])
-
-
-def _mean_stats(parts: list[dict[str, float]]) -> dict[str, float]:
-    keys = {k for p in parts for k in p}
-    out = {}
-    for k in keys:
-        vals = [p[k] for p in parts if k in p]
-        out[k] = max(vals) if k.endswith("_max") else sum(vals) / len(vals)
-    return out
 
 
 def _resumed_progress(resume: Checkpoint, history: list[dict[str, Any]]) -> dict[str, Any]:
