@@ -20,7 +20,8 @@ from rlhf_workers.data import DataError, PromptStream, load_prompts, read_record
 from rlhf_workers.metrics import MetricsLog, ProgressServer, plot_reward_curve
 from rlhf_workers.rollout import SamplingConfig, TransformersEngine, _filter
 from rlhf_workers.tiny import VOCAB_SIZE, make_tokenizer
-from rlhf_workers.train import forward_schedule, total_steps_for, train_schedule
+from rlhf_workers.session import total_steps_for
+from rlhf_workers.train import forward_schedule, train_schedule
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,9 @@
 """The training loop. Read it top to bottom: this file is the whole algorithm.
 
+:func:`train` shows one step as a sequence of named calls, each defined below it. Set-up and
+tear-down (data, workers, resume, final model) live in :mod:`rlhf_workers.session`, and the
+metric rows are assembled in :mod:`rlhf_workers.step_metrics`.
+
 Each step:
 
 1. **rollout** - take prompts, sample ``nSamplesPerPrompt`` responses each (with logprobs), or
@@ -35,75 +39,39 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Sequence
 
 import ray
 import torch
 
-from rlhf_api.names import ENV_REWARD_TOKEN
-from rlhf_api.progress import CheckpointInfo, utc_now
+from rlhf_api.progress import utc_now
 from rlhf_api.workerconfig import WorkerConfig
 
-from .agent import AgentRunner, agent_rewards
-from .algorithms import compute_advantages, compute_kl, dynamic_filter
+from .agent import agent_rewards
+from .algorithms import AdvantageResult, compute_advantages, compute_kl, dynamic_filter
 from .batch import MicroBatch, dummy, pack, pad_rows
-from .checkpoint import Checkpoint, Checkpoints
-from .cluster import Cluster, RoleGroup, resolve_placement, split_evenly
-from .data import Prompt, PromptStream, load_prompts, load_tokenizer
-from .metrics import CURVE_FILE, MetricsLog, ProgressServer, plot_reward_curve
+from .cluster import Cluster, RoleGroup, split_evenly
+from .data import Prompt
+from .metrics import ProgressServer
 from .reward import RewardResult
 from .rollout import Sample, SamplingConfig
+from .session import LogReporter, Reporter, TrainResult, open_session
 from .step_metrics import Timer, kl_metric, mean_stats, rollout_metrics, timing_metrics, update_metrics
 
 logger = logging.getLogger(__name__)
 
-FINAL_MODEL_DIR = "final_model"
-CHECKPOINT_DIR = "checkpoints"
-
-
-class Reporter(Protocol):
-    """Where the driver tells a human how it goes (a rich progress bar locally, log lines in a cluster)."""
-
-    def start(self, total_steps: int, first_step: int) -> None: ...
-    def step(self, row: dict[str, Any]) -> None: ...
-    def message(self, text: str) -> None: ...
-    def close(self) -> None: ...
-
-
-class LogReporter:
-    def start(self, total_steps, first_step):
-        logger.info("training steps %d..%d", first_step + 1, total_steps)
-
-    def step(self, row):
-        logger.info("step %d/%s reward %.4f score %.4f kl %.4g loss %.4g %.2fs", row["step"], row.get("total_steps"),
-                    row["reward/mean"], row["score/mean"], row["kl"], row.get("policy_loss", float("nan")),
-                    row["time/step"])
-
-    def message(self, text):
-        logger.info("%s", text)
-
-    def close(self):
-        pass
-
-
-@dataclass
-class TrainResult:
-    steps: int  #: steps completed, counting resumed ones
-    resumed_from: Optional[int]
-    history: list[dict[str, Any]]
-    output_dir: Path
-    final_model: Optional[Path]
-    placement: str
-
 
 @dataclass
 class Rollout:
-    """The samples of one step, prompt-major: group g holds samples g*n .. g*n+n-1."""
+    """One step's rollout, prompt-major: the groups kept for training (group g holds samples
+    g*n .. g*n+n-1), and every sample generated to find them (dynamic filtering drops some)."""
 
     n: int
-    prompts: list[Prompt] = field(default_factory=list)  #: one per group
-    samples: list[Sample] = field(default_factory=list)
+    prompts: list[Prompt] = field(default_factory=list)  #: one per kept group
+    samples: list[Sample] = field(default_factory=list)  #: the kept groups' samples
+    generated: list[Sample] = field(default_factory=list)  #: every sample generated, kept or not
+    groups_generated: int = 0
+    results: list[RewardResult] = field(default_factory=list)  #: the reward's, one per round of generation
 
     @property
     def groups(self) -> int:
@@ -116,221 +84,169 @@ class Rollout:
         self.prompts.append(prompt)
         self.samples += samples
 
+    def add_round(self, chunk: list[Prompt], samples: list[Sample], result: RewardResult, kept: Sequence[int]) -> None:
+        """One round of generation: each sample gets its reward and score; the ``kept`` groups join the batch."""
+        for sample, r, sc in zip(samples, result.rewards.tolist(), result.scores.tolist()):
+            sample.reward, sample.score = r, sc
+        self.results.append(result)
+        self.generated += samples
+        self.groups_generated += len(chunk)
+        for g in kept:
+            self.add_group(chunk[g], samples[g * self.n:(g + 1) * self.n])
+
     def action_mask(self) -> torch.Tensor:
         return pad_rows([s.mask if s.mask is not None else [1.0] * len(s.response_ids) for s in self.samples])
 
 
-def total_steps_for(spec, num_prompts: int, max_steps: Optional[int]) -> int:
-    """Rollout steps: the data × episodes in rollout batches, capped by training.maxSteps / --max-steps."""
-    steps = math.ceil(num_prompts * spec.training.episodes / spec.training.rollout_batch_size)
-    for cap in (spec.training.max_steps, max_steps):
-        if cap is not None:
-            steps = min(steps, cap)
-    return steps
+@dataclass
+class ForwardPasses:
+    """Step 4's outputs for the kept samples, ``[B, T]`` each and zero on padding; None where a pass is not needed."""
 
-
-def reward_source(config: WorkerConfig) -> tuple[str, dict]:
-    """What the reward workers load: ("function", {path}), ("remote", {...}) or ("model", {...})."""
-    import os
-
-    reward = config.spec.reward
-    if reward.function is not None:
-        if not config.reward_code_path:
-            raise ValueError("reward.function: the worker config names no reward_code_path (the reward file)")
-        return "function", {"path": config.reward_code_path}
-    if reward.remote is not None:
-        r = reward.remote
-        return "remote", {"url": r.url, "token": os.environ.get(ENV_REWARD_TOKEN) if r.token_secret_ref else None,
-                          "timeout_s": r.timeout_seconds, "retries": r.retries, "batch_size": r.batch_size}
-    m = reward.model
-    return "model", {"path": m.path, "batch_size": m.batch_size, "normalize": m.normalize}
+    action_mask: torch.Tensor
+    rollout_logprobs: torch.Tensor  #: the engines' logprobs of the sampled tokens
+    old_logprobs: Optional[torch.Tensor]  #: the policy's before the update (an update can drift, or KL in the reward)
+    ref_logprobs: Optional[torch.Tensor]  #: the reference model's (KL on)
+    values: Optional[torch.Tensor]  #: the critic's (gae)
 
 
 def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Optional[Reporter] = None,
           progress: Optional[ProgressServer] = None, threads: Optional[int] = None) -> TrainResult:
     """Run (or resume) the job described by ``config`` on the connected Ray cluster."""
     spec = config.spec
-    algo, training, rollout_spec = spec.algorithm, spec.training, spec.rollout
-    if algo.async_.enabled:
-        logger.warning("algorithm.async is not implemented yet: training synchronously (on-policy)")
-    n = algo.n_samples_per_prompt
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    reporter = reporter or LogReporter()
-    own_progress = progress is None
-    progress = progress or ProgressServer(config.progress_port)
-    progress.update(state="starting", message="loading data and starting workers")
-    random.seed(training.seed)
-    torch.manual_seed(training.seed)
-
-    # ---------------------------------------------------------------- data, checkpoints, workers
-    tokenizer = load_tokenizer(spec.model)
-    prompts = PromptStream(load_prompts(spec.data, tokenizer, rollout_spec.prompt_max_len), training.episodes, training.seed)
-    total_steps = total_steps_for(spec, len(prompts), max_steps)
-    optimizer_steps_per_rollout = math.ceil(training.rollout_batch_size * n / training.train_batch_size) * training.max_epochs
-    checkpoints = Checkpoints(out / CHECKPOINT_DIR, spec.checkpoint.max_keep)
-    resume = checkpoints.latest()
-    placement = resolve_placement(spec)
-    reporter.message(f"{len(prompts)} prompts, {total_steps} steps, placement {placement}, rollout {rollout_spec.backend}")
-    cluster = Cluster.start(
-        spec, placement=placement, reward=reward_source(config) if spec.reward else None, threads=threads,
-        total_optimizer_steps=max(1, total_steps * optimizer_steps_per_rollout),
-        max_model_len=_max_model_len(spec),
-    )
-    metrics: Optional[MetricsLog] = None
-    step = 0
-    try:
-        agent = None
-        if spec.agent is not None:  # multi-step episodes: the agent generates through the engines and scores itself
-            agent = AgentRunner(config.agent_code_path, cluster, tokenizer, spec.agent.max_steps,
-                                _max_model_len(spec), rollout_spec)
-        if resume is not None:
-            cluster.load_checkpoint(str(resume.path), resume.tag)
-            prompts.restore(resume.state["data"])
-            step = resume.step
-            cluster.weight_sync.push()  # the engines start from the initial weights
-            reporter.message(f"resumed from {resume.path} (step {step}, episode {prompts.episode}, prompt {prompts.offset})")
-        metrics = MetricsLog(out, spec.logging, job_name=config.job_name, resume_step=step,
-                             config=spec.model_dump(mode="json", by_alias=True))
-        sampling = SamplingConfig.from_spec(rollout_spec, n)
-        pad_id = tokenizer.pad_token_id
-        last_sync = last_ckpt = None
-        progress.update(state="training", step=step, total_steps=total_steps, message=None,
-                        **(_resumed_progress(resume, metrics.history) if resume is not None else {}))
-        reporter.start(total_steps, step)
-
-        while step < total_steps and not prompts.exhausted:
+    algo, n, rollout_size = spec.algorithm, spec.algorithm.n_samples_per_prompt, spec.training.rollout_batch_size
+    with open_session(config, reporter or LogReporter(), progress, max_steps=max_steps, threads=threads) as s:
+        step = s.first_step
+        while step < s.total_steps and not s.prompts.exhausted:
             t = Timer()
             step_start = time.perf_counter()
-            episode = prompts.episode
+            episode = s.prompts.episode
 
             # ---------------------------------------------------- 1-3. rollout, reward, dynamic filtering
             batch = Rollout(n)
-            results: list[RewardResult] = []
-            generated: list[Sample] = []
-            groups_generated = 0
-            while batch.groups < training.rollout_batch_size and not prompts.exhausted:
-                chunk = prompts.take(training.rollout_batch_size - batch.groups)
+            while batch.groups < rollout_size and not s.prompts.exhausted:  # filtering refills from the data
+                chunk = s.prompts.take(rollout_size - batch.groups)
                 with t("generate"):
-                    samples = agent.rollout(chunk, n) if agent else generate(cluster, chunk, sampling)
+                    samples = s.agent.rollout(chunk, n) if s.agent else generate(s.cluster, chunk, s.sampling)
                 with t("reward"):
-                    result = agent_rewards(samples) if agent else score(cluster, tokenizer, chunk, samples, n)
-                results.append(result)
-                for sample, r, sc in zip(samples, result.rewards.tolist(), result.scores.tolist()):
-                    sample.reward, sample.score = r, sc
-                generated += samples
-                groups_generated += len(chunk)
-                if algo.dynamic_filtering.enabled:
-                    # the scores tensor as the reward returned it: the filter decides at its precision
-                    kept = dynamic_filter(result.scores, n, tuple(algo.dynamic_filtering.score_range)).kept_groups
-                else:
-                    kept = range(len(chunk))
-                for g in kept:
-                    batch.add_group(chunk[g], samples[g * n:(g + 1) * n])
+                    result = agent_rewards(samples) if s.agent else score(s.cluster, s.tokenizer, chunk, samples, n)
+                batch.add_round(chunk, samples, result, kept=kept_groups(algo, result.scores, len(chunk)))
                 if not algo.dynamic_filtering.enabled:
                     break
-            reward_result = RewardResult.concat(results)
-            for warning in reward_result.warnings:
+            reward = RewardResult.concat(batch.results)
+            for warning in reward.warnings:
                 logger.warning("reward: %s", warning)
-            progress.update(step=step, episode=episode)
+            s.progress.update(step=step, episode=episode)
 
-            row: dict[str, Any] = {"step": step + 1, "total_steps": total_steps, "episode": episode}
+            row: dict[str, Any] = {"step": step + 1, "total_steps": s.total_steps, "episode": episode}
             if len(batch):
                 # ------------------------------------------------ 4. forward passes: old policy, reference, critic
-                num_samples = len(batch)
-                action_mask = batch.action_mask()
-                rollout_logprobs = pad_rows([x.logprobs for x in batch.samples], action_mask.size(1))
-                kl_on = algo.kl.coef > 0
-                kl_in_reward = kl_on and not algo.kl.use_loss
-                updates = math.ceil(num_samples / training.train_batch_size) * training.max_epochs
-                need_old = kl_in_reward or updates > 1
                 with t("logprobs"):
-                    old_logprobs = _forward(cluster.policy, batch, pad_id, training.micro_batch_size, action_mask) if need_old else None
-                    ref_logprobs = _forward(cluster.ref, batch, pad_id, training.micro_batch_size, action_mask) if kl_on else None
-                    values = _forward(cluster.critic, batch, pad_id, training.micro_batch_size, action_mask) \
-                        if algo.advantage_estimator == "gae" else None
+                    passes = forward_passes(s.cluster, batch, spec, s.pad_id)
 
                 # ------------------------------------------------ 5. advantages
                 with t("advantages"):
-                    kl = compute_kl(old_logprobs, ref_logprobs, algo.kl.estimator, action_mask) if kl_in_reward else None
-                    adv = compute_advantages(
-                        algo.advantage_estimator, torch.tensor([x.reward for x in batch.samples]), action_mask, n,
-                        kl=kl, kl_coef=algo.kl.coef, use_kl_loss=algo.kl.use_loss, values=values,
-                        gamma=algo.gamma, lambd=algo.lambd,
-                        reward_clip_range=tuple(spec.reward.clip_range) if spec.reward and spec.reward.clip_range else None,
-                    )
+                    kl = kl_penalty(spec, passes)
+                    adv = advantages(spec, batch, passes, kl)
 
                 # ------------------------------------------------ 6. update (policy and critic together)
                 with t("update"):
-                    schedule = train_schedule(num_samples, training.train_batch_size, training.micro_batch_size,
-                                              len(cluster.policy), training.max_epochs, seed=training.seed + step)
-                    fields = dict(advantages=adv.advantages, old_logprobs=old_logprobs,
-                                  ref_logprobs=ref_logprobs if algo.kl.use_loss else None, rollout_logprobs=rollout_logprobs)
-                    policy_refs = _train(cluster.policy, batch, schedule, pad_id, fields)
-                    critic_refs = _train(cluster.critic, batch, schedule, pad_id,
-                                         dict(returns=adv.returns, old_values=values)) if values is not None else []
-                    stats = mean_stats(ray.get(policy_refs) + ray.get(critic_refs))
+                    stats = update(s.cluster, batch, passes, adv, spec, s.pad_id, seed=spec.training.seed + step)
 
                 # ------------------------------------------------ 7. weight sync
                 with t("weight_sync"):
-                    cluster.weight_sync.push()
-                last_sync = utc_now()
+                    s.cluster.weight_sync.push()
+                s.last_sync = utc_now()
+                check_weight_sync(stats, step)
 
-                row.update(update_metrics(batch.samples, kl_metric(kl, action_mask, stats, algo.kl.coef), adv, stats))
-                if stats.get("logprob_diff_mean", 0.0) > 0.05 and step > 0:
-                    logger.warning("rollout and trainer logprobs differ by %.3g on average: weight sync suspect",
-                                   stats["logprob_diff_mean"])
+                row.update(update_metrics(batch.samples, kl_metric(kl, passes.action_mask, stats, algo.kl.coef),
+                                          adv, stats))
             else:
-                reporter.message(f"step {step + 1}: no prompt group passed dynamic filtering; nothing to train on")
+                s.reporter.message(f"step {step + 1}: no prompt group passed dynamic filtering; nothing to train on")
                 row.update({"samples": 0, "kl": 0.0})
 
             # ---------------------------------------------------- 8. metrics, progress, checkpoint
             step += 1
-            row.update(rollout_metrics(generated, batch.groups, groups_generated, reward_result.extra_logs))
-            tokens_generated = agent.client.take_token_count() if agent else sum(len(x.response_ids) for x in generated)
-            if spec.checkpoint.save_steps > 0 and step % spec.checkpoint.save_steps == 0 and step < total_steps:
+            row.update(rollout_metrics(batch.generated, batch.groups, batch.groups_generated, reward.extra_logs))
+            tokens = s.agent.client.take_token_count() if s.agent else sum(len(x.response_ids) for x in batch.generated)
+            if spec.checkpoint.save_steps > 0 and step % spec.checkpoint.save_steps == 0 and step < s.total_steps:
                 with t("checkpoint"):
-                    last_ckpt = _save(cluster, checkpoints, step, prompts, total_steps)
-            row.update(timing_metrics(t.seconds, time.perf_counter() - step_start, row["samples"], tokens_generated))
-            metrics.log(row)
-            reporter.step(row)
-            progress.update(step=step, episode=prompts.episode, reward_mean=row["reward/mean"], score_mean=row["score/mean"],
-                            kl=row["kl"], samples_per_second=row["samples_per_second"], last_weight_sync=last_sync,
-                            last_checkpoint=last_ckpt)
+                    s.save_checkpoint(step)
+            row.update(timing_metrics(t.seconds, time.perf_counter() - step_start, row["samples"], tokens))
+            s.log_step(row)
 
-        # -------------------------------------------------------- the end: checkpoint, final model, curve
-        if resume is None or step > resume.step:
-            last_ckpt = _save(cluster, checkpoints, step, prompts, total_steps)
-            progress.update(last_checkpoint=last_ckpt)
-        final = out / FINAL_MODEL_DIR
-        cluster.save_hf(str(final))
-        tokenizer.save_pretrained(str(final))
-        plot_reward_curve(metrics.history, out / CURVE_FILE)
-        progress.update(state="finished", step=step, message=f"final model in {final}", final_model=str(final))
-        return TrainResult(step, resume.step if resume else None, metrics.history, out, final, placement)
-    except BaseException as exc:
-        progress.update(state="failed", message=str(exc)[:2000])
-        raise
-    finally:
-        reporter.close()
-        if metrics is not None:
-            metrics.close()
-        cluster.shutdown()
-        if own_progress:
-            progress.close()
+        return s.finish(step)
 
 
-# --------------------------------------------------------------------------- helpers of the loop
+# --------------------------------------------------------------------------- the steps of the loop
 
 
-def _max_model_len(spec) -> int:
-    """Prompt + response budget of the engines, within the model's position limit."""
-    from transformers import AutoConfig
+def kept_groups(algo, scores: torch.Tensor, groups: int) -> Sequence[int]:
+    """Step 3: the prompt groups dynamic filtering keeps (``lo < mean(score) < hi``); all of them without it."""
+    if not algo.dynamic_filtering.enabled:
+        return range(groups)
+    # the scores tensor as the reward returned it: the filter decides at its precision
+    return dynamic_filter(scores, algo.n_samples_per_prompt, tuple(algo.dynamic_filtering.score_range)).kept_groups
 
-    wanted = spec.rollout.prompt_max_len + spec.rollout.max_new_tokens
-    config = AutoConfig.from_pretrained(spec.model.path, trust_remote_code=spec.model.trust_remote_code)
-    limit = getattr(config, "max_position_embeddings", None)
-    return min(wanted, limit) if limit else wanted
+
+def forward_passes(cluster: Cluster, batch: Rollout, spec, pad_id: int) -> ForwardPasses:
+    """Step 4: the per-token numbers the advantages and the update need, from the workers that hold them."""
+    algo, training = spec.algorithm, spec.training
+    action_mask = batch.action_mask()
+    rollout_logprobs = pad_rows([x.logprobs for x in batch.samples], action_mask.size(1))
+    kl_on = algo.kl.coef > 0
+    updates = math.ceil(len(batch) / training.train_batch_size) * training.max_epochs
+    need_old = (kl_on and not algo.kl.use_loss) or updates > 1
+    micro = training.micro_batch_size
+    return ForwardPasses(
+        action_mask, rollout_logprobs,
+        old_logprobs=_forward(cluster.policy, batch, pad_id, micro, action_mask) if need_old else None,
+        ref_logprobs=_forward(cluster.ref, batch, pad_id, micro, action_mask) if kl_on else None,
+        values=_forward(cluster.critic, batch, pad_id, micro, action_mask) if algo.advantage_estimator == "gae" else None,
+    )
+
+
+def kl_penalty(spec, passes: ForwardPasses) -> Optional[torch.Tensor]:
+    """Per-token KL to the reference for the reward, when KL goes into the reward (not as a loss)."""
+    kl = spec.algorithm.kl
+    if kl.coef > 0 and not kl.use_loss:
+        return compute_kl(passes.old_logprobs, passes.ref_logprobs, kl.estimator, passes.action_mask)
+    return None
+
+
+def advantages(spec, batch: Rollout, passes: ForwardPasses, kl: Optional[torch.Tensor]) -> AdvantageResult:
+    """Step 5: the spec's estimator over the kept samples' rewards (:func:`~rlhf_workers.algorithms.compute_advantages`)."""
+    algo = spec.algorithm
+    return compute_advantages(
+        algo.advantage_estimator, torch.tensor([x.reward for x in batch.samples]), passes.action_mask, batch.n,
+        kl=kl, kl_coef=algo.kl.coef, use_kl_loss=algo.kl.use_loss, values=passes.values,
+        gamma=algo.gamma, lambd=algo.lambd,
+        reward_clip_range=tuple(spec.reward.clip_range) if spec.reward and spec.reward.clip_range else None,
+    )
+
+
+def update(cluster: Cluster, batch: Rollout, passes: ForwardPasses, adv: AdvantageResult, spec, pad_id: int, *,
+           seed: int) -> dict[str, float]:
+    """Step 6: PPO epochs on the policy (and the critic, at the same time); the trainers' stats, merged."""
+    algo, training = spec.algorithm, spec.training
+    schedule = train_schedule(len(batch), training.train_batch_size, training.micro_batch_size,
+                              len(cluster.policy), training.max_epochs, seed=seed)
+    fields = dict(advantages=adv.advantages, old_logprobs=passes.old_logprobs,
+                  ref_logprobs=passes.ref_logprobs if algo.kl.use_loss else None,
+                  rollout_logprobs=passes.rollout_logprobs)
+    policy_refs = _train(cluster.policy, batch, schedule, pad_id, fields)
+    critic_refs = _train(cluster.critic, batch, schedule, pad_id, dict(returns=adv.returns, old_values=passes.values)) \
+        if passes.values is not None else []
+    return mean_stats(ray.get(policy_refs) + ray.get(critic_refs))
+
+
+def check_weight_sync(stats: dict[str, float], step: int) -> None:
+    """Warn when the trainer's logprobs of the sampled tokens drift from the engines' (after the first step)."""
+    if stats.get("logprob_diff_mean", 0.0) > 0.05 and step > 0:
+        logger.warning("rollout and trainer logprobs differ by %.3g on average: weight sync suspect",
+                       stats["logprob_diff_mean"])
+
+
+# --------------------------------------------------------------------------- helpers of the steps
 
 
 def forward_schedule(samples: int, micro: int, workers: int) -> list[list[list[int]]]:
@@ -400,22 +316,3 @@ def _forward(group: RoleGroup, batch: Rollout, pad_id: int, micro: int, action_m
 def _train(group: RoleGroup, batch: Rollout, schedule, pad_id: int, fields: dict) -> list:
     """Start the group's update on ``schedule`` (see :func:`train_schedule`); the refs of its stats."""
     return group.train([[[_micro_batch(batch, idx, pad_id, fields) for idx in step] for step in steps] for steps in schedule])
-
-
-def _resumed_progress(resume: Checkpoint, history: list[dict[str, Any]]) -> dict[str, Any]:
-    """What a resumed driver reports at once: the checkpoint it resumed from, and the last step's numbers."""
-    report: dict[str, Any] = {"last_checkpoint": CheckpointInfo(
-        step=resume.step, path=str(resume.path), time=resume.state.get("time") or utc_now())}
-    last = history[-1] if history and history[-1].get("step") == resume.step else {}
-    for key, field in (("reward/mean", "reward_mean"), ("score/mean", "score_mean"), ("kl", "kl"),
-                       ("samples_per_second", "samples_per_second")):
-        if last.get(key) is not None:
-            report[field] = last[key]
-    return report
-
-
-def _save(cluster: Cluster, checkpoints: Checkpoints, step: int, prompts: PromptStream, total_steps: int) -> CheckpointInfo:
-    path = checkpoints.path_for(step)
-    cluster.save_checkpoint(str(path), path.name)
-    checkpoints.commit(step, {"data": prompts.state(), "total_steps": total_steps, "time": utc_now()})
-    return CheckpointInfo(step=step, path=str(path), time=utc_now())
