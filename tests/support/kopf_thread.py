@@ -38,7 +38,7 @@ import kopf
 from kopf._cogs.structs.credentials import Vault  # kopf==1.45.2; the `vault=` kwarg of kopf.operator()
 from kopf._cogs.structs.references import Insights  # kopf==1.45.2; the `insights=` kwarg
 
-from .kube_emulator import KubeEmulator
+from .emulator import KubeEmulator
 
 __all__ = ['KopfRunner', 'fast_settings', 'load_operator_registry']
 
