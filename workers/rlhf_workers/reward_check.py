@@ -32,9 +32,11 @@ import json
 import os
 import sys
 import time
+import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, TextIO, Union
+from typing import Any, Iterator, Optional, TextIO, Union
 
 from rlhf_workers.reward import (
     RewardError,
@@ -228,6 +230,64 @@ def _report(printer: _Printer, samples: list[Sample], result: RewardResult, show
 # --------------------------------------------------------------------------- entry points
 
 
+class _ExitCalled(BaseException):
+    """``os._exit`` called by the reward: raised instead, so the check can report it."""
+
+
+@contextmanager
+def _no_process_exit() -> Iterator[None]:
+    """While the reward runs, ``os._exit`` raises :class:`_ExitCalled` instead of ending the check with its code."""
+    import posix
+
+    saved = os._exit
+
+    def refuse(code: int = 0) -> None:
+        raise _ExitCalled(code)
+
+    os._exit = posix._exit = refuse
+    try:
+        yield
+    finally:
+        os._exit = posix._exit = saved
+
+
+def _ending(exc: BaseException) -> str:
+    """What the reward did that would have ended training, in words."""
+    if isinstance(exc, _ExitCalled):
+        what = f"called os._exit({exc.args[0] if exc.args else ''})"
+    elif isinstance(exc, SystemExit):
+        what = f"called sys.exit({'' if exc.code is None else repr(exc.code)}) (raised SystemExit)"
+    else:
+        what = "raised KeyboardInterrupt"
+    return (f"{what}: a reward function must return rewards, never end the process; in training this kills "
+            "the reward worker and fails the job")
+
+
+def _call(printer: "_Printer", fn, samples: list[Sample], where: str) -> Optional[RewardResult]:
+    """The reward's result on ``samples``, or None after printing why it failed."""
+    try:
+        with _no_process_exit():
+            return call_reward_function(fn, [s.query for s in samples], [s.prompt for s in samples],
+                                        [s.label for s in samples], source=where)
+    except (_ExitCalled, SystemExit, KeyboardInterrupt) as exc:
+        printer.line(f"FAIL: reward_func {_ending(exc)}", style="bold red")
+        frames = traceback.extract_tb(exc.__traceback__)
+        user = [f for f in frames if os.path.abspath(f.filename) == os.path.abspath(where)]
+        if user:
+            printer.line("".join(traceback.format_list(user[-3:])).rstrip())
+    except RewardFunctionError as exc:
+        printer.line(f"FAIL: reward_func raised {exc.exc_type}: {exc.exc_message} "
+                     f"(batch of {exc.batch_size} samples)", style="bold red")
+        printer.line(exc.user_traceback.rstrip())
+    except RewardError as exc:
+        printer.line(f"FAIL: {exc.message}", style="bold red")
+        if exc.sample_index is not None and 0 <= exc.sample_index < len(samples):
+            s = samples[exc.sample_index]
+            printer.line(f"  sample {exc.sample_index} (data line {s.line}): prompt {_short(s.prompt, 80)!r}, "
+                         f"response {_short(s.response, 80)!r}")
+    return None
+
+
 def run_reward_check(
     file: Union[str, os.PathLike],
     data_path: Union[str, os.PathLike],
@@ -269,9 +329,13 @@ def run_reward_check(
         printer.line(f"ERROR: reward file {where} does not exist", style="bold red")
         return EXIT_USAGE
     try:
-        fn = load_reward_function(where)
+        with _no_process_exit():
+            fn = load_reward_function(where)
     except RewardLoadError as exc:
         printer.line(f"FAIL: {exc}", style="bold red")
+        return EXIT_VIOLATION
+    except (_ExitCalled, SystemExit, KeyboardInterrupt) as exc:
+        printer.line(f"FAIL: loading {where} {_ending(exc)}", style="bold red")
         return EXIT_VIOLATION
 
     if label_key is None:
@@ -280,23 +344,9 @@ def run_reward_check(
         if others:
             printer.line(f"note: no --label-key given, so labels are \"\" (as OpenRLHF without --label_key); "
                          f"other fields in the data: {', '.join(others)}")
-    queries = [s.query for s in samples]
-    prompts = [s.prompt for s in samples]
-    labels = [s.label for s in samples]
     started = time.perf_counter()
-    try:
-        result = call_reward_function(fn, queries, prompts, labels, source=where)
-    except RewardFunctionError as exc:
-        printer.line(f"FAIL: reward_func raised {exc.exc_type}: {exc.exc_message} "
-                     f"(batch of {exc.batch_size} samples)", style="bold red")
-        printer.line(exc.user_traceback.rstrip())
-        return EXIT_VIOLATION
-    except RewardError as exc:
-        printer.line(f"FAIL: {exc.message}", style="bold red")
-        if exc.sample_index is not None and 0 <= exc.sample_index < len(samples):
-            s = samples[exc.sample_index]
-            printer.line(f"  sample {exc.sample_index} (data line {s.line}): prompt {_short(s.prompt, 80)!r}, "
-                         f"response {_short(s.response, 80)!r}")
+    result = _call(printer, fn, samples, where)
+    if result is None:
         return EXIT_VIOLATION
     elapsed = time.perf_counter() - started
 
