@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-import yaml
 from pydantic import ValidationError
 
 from .names import API_VERSION, KIND
 from .spec import RLHFJob, RLHFJobSpec
+from .yamlfile import Document, YAMLInputError, load_stream, parse_stream
 
 _PATH_PREFIX = re.compile(r"^(?:Value error, )?([A-Za-z\[][A-Za-z0-9_.\[\]]*): (.*)$", re.S)
 
@@ -24,11 +24,17 @@ def _path_parts(relative: str) -> tuple[Any, ...]:
 
 @dataclass(frozen=True)
 class FieldError:
-    path: str
+    path: str  # empty for a problem of the file itself (not YAML, binary, duplicate key)
     message: str
+    line: Optional[int] = None  # 1-based, when the spec was read from a file
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+    def located(self, source: str, document: str = "") -> str:
+        """The line the CLI prints: ``FILE:LINE: [document] path: message``, the file named once."""
+        where = f"{source}:{self.line}" if self.line else source
+        return f"{where}: {document + ': ' if document else ''}{self}"
 
 
 class InvalidJob(ValueError):
@@ -133,12 +139,13 @@ def parse_spec(spec: Any) -> RLHFJobSpec:
         raise InvalidJob(field_errors(exc, ("spec",))) from None
 
 
-def load_documents(path: Path | str) -> list[Any]:
-    text = Path(path).read_text()
+def load_documents(path: Path | str) -> list[Document]:
+    """Every document of a YAML file ("-": standard input), read the way kubectl reads it.
+    Raises OSError when unreadable, InvalidJob (one error with its line) when not YAML we take."""
     try:
-        return [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise InvalidJob([FieldError(str(path), f"is not valid YAML: {exc}")]) from None
+        return load_stream(path)
+    except YAMLInputError as exc:
+        raise InvalidJob([FieldError("", exc.message, exc.line)]) from None
 
 
 ANY_KEY = "*"  # the key of a source file given in place of a ConfigMap manifest
@@ -151,22 +158,79 @@ def load_configmap_file(file: str, job_dir: Path) -> dict[str, str]:
     path = Path(file) if Path(file).is_absolute() or Path(file).exists() else job_dir / file
     text = path.read_text()
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError:
-        doc = None
+        documents = parse_stream(text)  # bounded: an alias bomb here must not expand in str()
+    except YAMLInputError:
+        documents = []
+    doc = documents[0].data if len(documents) == 1 else None
     if isinstance(doc, dict) and doc.get("kind") == "ConfigMap":
         return {str(k): str(v) for k, v in (doc.get("data") or {}).items()}
     return {ANY_KEY: text}
 
 
+def _meant_as_job(data: Any) -> bool:
+    """A document written as an RLHFJob, misspelt kind or version included, so that a typo is
+    reported rather than skipped among the other objects of a stream."""
+    if not isinstance(data, dict):
+        return False
+    kind, api_version = str(data.get("kind", "")), str(data.get("apiVersion", ""))
+    return kind.lower() == KIND.lower() or api_version.split("/")[0] == API_VERSION.split("/")[0]
+
+
+@dataclass
+class LoadedJob:
+    """One RLHFJob document of a file: the job when valid, else its errors with their lines."""
+
+    document: Document
+    job: Optional[RLHFJob]
+    errors: list[FieldError]
+
+    @property
+    def name(self) -> str:
+        metadata = self.document.data.get("metadata") if isinstance(self.document.data, dict) else None
+        return str(metadata.get("name", "")) if isinstance(metadata, dict) else ""
+
+    def label(self) -> str:
+        """'document 2 (demo)': which one, for files with several."""
+        return f"document {self.document.index}" + (f" ({self.name})" if self.name else "")
+
+
+def _with_line(error: FieldError, document: Document) -> FieldError:
+    line = document.line_of(_path_parts(error.path)) if error.path else document.line
+    return FieldError(error.path, error.message, error.line or line)
+
+
+def load_jobs(path: Path | str) -> list[LoadedJob]:
+    """Every RLHFJob of a file, each validated on its own; other kinds of object (a kustomize
+    build's ConfigMaps) are skipped. A file of one document is validated as an RLHFJob whatever
+    its kind, so a wrong kind is reported. Raises InvalidJob when the file holds no RLHFJob."""
+    documents = load_documents(path)
+    candidates = [d for d in documents if _meant_as_job(d.data)]
+    if not candidates and len(documents) == 1:
+        candidates = documents
+    if not candidates:
+        found = f"{len(documents)} other document(s)" if documents else "it is empty"
+        raise InvalidJob([FieldError("", f"holds no {KIND} ({found})")])
+    loaded = []
+    for document in candidates:
+        try:
+            loaded.append(LoadedJob(document, parse_job(document.data), []))
+        except InvalidJob as exc:
+            loaded.append(LoadedJob(document, None, [_with_line(e, document) for e in exc.errors]))
+    return loaded
+
+
 def load_job(path: Path | str, name: Optional[str] = None) -> RLHFJob:
-    """Load the RLHFJob from a YAML file (the first one, or the one called ``name``)."""
-    docs = [d for d in load_documents(path) if isinstance(d, dict) and d.get("kind") == KIND]
+    """The one RLHFJob of a file, or the one called ``name``; a file with several and no name
+    is refused, naming them, rather than running whichever comes first."""
+    loaded = load_jobs(path)
     if name is not None:
-        docs = [d for d in docs if (d.get("metadata") or {}).get("name") == name]
-    if not docs:
-        all_docs = load_documents(path)
-        if len(all_docs) == 1:
-            return parse_job(all_docs[0])  # reports apiVersion/kind problems
-        raise InvalidJob([FieldError(str(path), f"holds no {KIND}" + (f" named {name}" if name else ""))])
-    return parse_job(docs[0])
+        loaded = [job for job in loaded if job.name == name]
+        if not loaded:
+            raise InvalidJob([FieldError("", f"holds no {KIND} named {name}")])
+    if len(loaded) > 1:
+        listed = ", ".join(f"{job.name or 'unnamed'} at line {job.document.line}" for job in loaded)
+        raise InvalidJob([FieldError("", f"holds {len(loaded)} {KIND} documents ({listed}); this command takes"
+                                         " one: put each in its own file")])
+    if loaded[0].errors:
+        raise InvalidJob(loaded[0].errors)
+    return loaded[0].job
