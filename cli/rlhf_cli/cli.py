@@ -1,12 +1,15 @@
 """The ``rlhf`` command line.
 
-    rlhf validate JOB.yaml          check a job; one line per error naming the field
+    rlhf validate JOB.yaml...       check every RLHFJob; one line per error: FILE:LINE: field: problem
     rlhf render JOB.yaml            the objects the operator would create, as YAML
     rlhf crd                        the generated CustomResourceDefinition
     rlhf run JOB.yaml --output DIR  run the job locally on an embedded Ray
     rlhf test-reward FILE.py --data SAMPLES.jsonl
     rlhf tiny-model DIR             write a tiny random model + tokenizer for local runs
     rlhf operator                   start the operator
+
+A JOB.yaml of "-" is standard input (`kustomize build | rlhf validate -`); files are read the
+way kubectl reads them (rlhf_api.yamlfile).
 
 Commands that need the worker stack (run, test-reward, tiny-model) import it lazily, so the
 operator image, which has no torch, runs the rest.
@@ -98,42 +101,75 @@ def _summary(job) -> str:
             f" rollout {spec.rollout.backend} ×{spec.rollout.engines}, {spec.training.trainers} trainer(s) ZeRO-{spec.training.zero_stage}")
 
 
+def _print_errors(source: str, errors, document: str = "") -> None:
+    for error in errors:
+        print(error.located(source, document), file=sys.stderr)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    from rlhf_api.validation import InvalidJob, load_job
+    """Every RLHFJob of every file (or of standard input for "-"); exit 2 if any is refused."""
+    from rlhf_api.validation import InvalidJob, load_jobs
+    from rlhf_api.yamlfile import label
 
     status = 0
     for file in args.files:
+        source = label(file)
         try:
-            job = load_job(file)
+            loaded = load_jobs(file)
         except InvalidJob as exc:
-            for error in exc.errors:
-                print(f"{file}: {error}", file=sys.stderr)
+            _print_errors(source, exc.errors)
             status = EXIT_INVALID
+            continue
         except OSError as exc:
-            print(f"{file}: cannot read: {exc.strerror}", file=sys.stderr)
+            print(f"{source}: cannot read: {exc.strerror}", file=sys.stderr)
             status = EXIT_INVALID
-        else:
-            print(f"{file}: ok: {_summary(job)}")
+            continue
+        several = len(loaded) > 1
+        for item in loaded:
+            if item.errors:
+                _print_errors(source, item.errors, item.label() if several else "")
+                status = EXIT_INVALID
+            else:
+                print(f"{source}:{item.document.line}: ok: {_summary(item.job)}" if several
+                      else f"{source}: ok: {_summary(item.job)}")
     return status
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    """The objects of every RLHFJob in the file, in order; nothing is printed if any is refused."""
     from rlhf_operator.render import RenderOptions, render
-    from rlhf_api.validation import InvalidJob, load_job
+    from rlhf_api.validation import FieldError, InvalidJob, load_jobs
+    from rlhf_api.yamlfile import label
 
-    try:
-        job = load_job(args.file)
-        if args.namespace:
-            job.metadata.namespace = args.namespace
-        if args.uid:
-            job.metadata.uid = args.uid
-        code = _resolve_code(job, _configmap_sources(args.configmap, Path(args.file).parent), Path(args.file).parent)
-    except InvalidJob as exc:
-        for error in exc.errors:
-            print(f"{args.file}: {error}", file=sys.stderr)
-        return EXIT_INVALID
+    source, job_dir = label(args.file), Path(args.file).parent
     options = RenderOptions(default_image=args.worker_image) if args.worker_image else RenderOptions()
-    sys.stdout.write(dump_yaml_documents(render(job, code, options)))
+    try:
+        loaded = load_jobs(args.file)
+        several = len(loaded) > 1
+        refused = [item for item in loaded if item.errors]
+        for item in refused:
+            _print_errors(source, item.errors, item.label() if several else "")
+        if refused:
+            return EXIT_INVALID
+        if args.uid and several:
+            raise InvalidJob([FieldError("", "--uid is the uid of one RLHFJob but the file holds"
+                                             f" {len(loaded)}; render them one file at a time")])
+        configmaps = _configmap_sources(args.configmap, job_dir)
+        objects = []
+        for item in loaded:
+            job = item.job
+            if args.namespace:
+                job.metadata.namespace = args.namespace
+            if args.uid:
+                job.metadata.uid = args.uid
+            objects += render(job, _resolve_code(job, configmaps, job_dir), options)
+    except InvalidJob as exc:
+        _print_errors(source, exc.errors)
+        return EXIT_INVALID
+    except OSError as exc:
+        print(f"{exc.filename or source}: cannot read: {exc.strerror}", file=sys.stderr)
+        return EXIT_INVALID
+    sys.stdout.write(dump_yaml_documents(objects))
     return 0
 
 
@@ -148,7 +184,26 @@ def cmd_crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_one_job(file: str) -> bool:
+    """Refuse, the way `rlhf validate` does, a file `rlhf run` cannot take: unreadable, not YAML,
+    invalid, or holding several RLHFJobs (the run needs exactly one)."""
+    from rlhf_api.validation import InvalidJob, load_job
+    from rlhf_api.yamlfile import label
+
+    try:
+        load_job(file)
+    except InvalidJob as exc:
+        _print_errors(label(file), exc.errors)
+        return False
+    except OSError as exc:
+        print(f"{label(file)}: cannot read: {exc.strerror}", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if not _check_one_job(args.file):
+        return EXIT_INVALID
     try:
         from rlhf_workers.local import run_local
     except ImportError as exc:
@@ -189,12 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf", description="RLHF Operator: RLHFJob tools, local runs and the operator.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("validate", help="validate RLHFJob files")
+    p = sub.add_parser("validate", help="validate every RLHFJob in files ('-' reads standard input)")
     p.add_argument("files", nargs="+", metavar="JOB.yaml")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("render", help="print the objects the operator would create")
-    p.add_argument("file", metavar="JOB.yaml")
+    p = sub.add_parser("render", help="print the objects the operator would create for every RLHFJob in a file")
+    p.add_argument("file", metavar="JOB.yaml", help="the job file; '-' reads standard input")
     p.add_argument("--configmap", action="append", default=[], metavar="NAME=FILE",
                    help="content for a configMapRef: a ConfigMap manifest, or the source file itself")
     p.add_argument("--namespace", help="namespace to render into (default: the job's)")
@@ -207,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_crd)
 
     p = sub.add_parser("run", help="run a job locally on an embedded Ray")
-    p.add_argument("file", metavar="JOB.yaml")
+    p.add_argument("file", metavar="JOB.yaml", help="a file with one RLHFJob; '-' reads standard input")
     p.add_argument("--output", "-o", default="out", help="directory for metrics, checkpoints and the final model")
     p.add_argument("--configmap", action="append", default=[], metavar="NAME=FILE", help="local file for a configMapRef")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
