@@ -18,6 +18,7 @@ SUSPENDED = "Suspended"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 STALLED = "Stalled"
+DEGRADED = "Degraded"  # True while the API server keeps failing the operator's calls (retrying)
 
 # The operator's own reasons; the others are KubeRay's, taken from the RayJob.
 VALIDATION_FAILED = "ValidationFailed"
@@ -26,7 +27,24 @@ CHILD_CONFLICT = "ChildConflict"
 SPEC_IMMUTABLE = "SpecImmutable"
 RAYJOB_CREATED = "RayJobCreated"
 RAYJOB_MISSING = "RayJobMissing"
+# The API server refused to create a child (the job is Failed; retrying would not help).
+KUBERAY_NOT_INSTALLED = "KubeRayNotInstalled"
+CHILD_FORBIDDEN = "ChildForbidden"
+CHILD_INVALID = "ChildInvalid"
+CHILD_TOO_LARGE = "ChildTooLarge"
+CHILD_REFUSED = "ChildRefused"
+# The API server's answers were transient (outage, overload, conflict) past a bound; and then not.
+TRANSIENT_API_ERRORS = "TransientAPIErrors"
+API_RECOVERED = "APIRecovered"
 
+# metav1.Condition's own validation (k8s.io/apimachinery/pkg/apis/meta/v1/types.go), which the
+# CRD repeats so that the API server refuses what Kubernetes' own condition type would.
+CONDITION_TYPE_PATTERN = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                          r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$")
+CONDITION_TYPE_MAX = 316
+CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+CONDITION_REASON_MAX = 1024
+CONDITION_MESSAGE_MAX = 32768
 
 
 class Phase(str, Enum):
@@ -47,17 +65,18 @@ _INT64 = {"format": "int64"}
 
 
 class Condition(SpecModel):
-    """A condition as the Kubernetes API conventions define it."""
+    """A condition as metav1.Condition defines it: reason is required and never empty."""
 
     model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True)
 
-    type: str = Field(description="Validated, Running, Suspended, Succeeded, Failed or Stalled.")
+    type: str = Field(max_length=CONDITION_TYPE_MAX, pattern=CONDITION_TYPE_PATTERN,
+                      description="Validated, Running, Suspended, Succeeded, Failed, Stalled or Degraded.")
     status: Literal["True", "False", "Unknown"]
-    reason: Optional[str] = Field(default=None, description="One CamelCase word a program can match on.")
-    message: Optional[str] = Field(default=None, description="What happened, for people.")
-    last_transition_time: Optional[str] = Field(default=None, json_schema_extra=_DATE_TIME,
-                                                description="When status last changed.")
-    observed_generation: Optional[int] = Field(default=None, json_schema_extra=_INT64,
+    reason: str = Field(min_length=1, max_length=CONDITION_REASON_MAX, pattern=CONDITION_REASON_PATTERN,
+                        description="One CamelCase word a program can match on.")
+    message: str = Field(max_length=CONDITION_MESSAGE_MAX, description="What happened, for people.")
+    last_transition_time: str = Field(json_schema_extra=_DATE_TIME, description="When status last changed.")
+    observed_generation: Optional[int] = Field(default=None, ge=0, json_schema_extra=_INT64,
                                                description="The spec generation this condition was set for.")
 
 

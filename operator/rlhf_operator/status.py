@@ -9,21 +9,32 @@ kuberay#2314).
                    ↕             ↕
                Suspended     Retrying → Provisioning …
 
-Conditions follow the Kubernetes API conventions: type, status, reason, message,
-lastTransitionTime (changes only when status flips), observedGeneration.
+Conditions follow metav1.Condition: type, status, reason, message, lastTransitionTime
+(changes only when status flips), observedGeneration; the reason is never empty, also on a
+condition that is off (it says why: Running=False, reason Completed).
+
+Before the RayJob exists, the API server may refuse to create a child (``refusal``: the job
+fails, with the fix in the message) or keep failing transiently (``api_degraded``: the
+Degraded condition, while the operator retries).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from rlhf_api.jobstatus import (CHILD_CONFLICT, CODE_NOT_FOUND, FAILED, RAYJOB_CREATED, RAYJOB_MISSING,  # noqa: F401
-                                RUNNING, SPEC_IMMUTABLE, STALLED, SUCCEEDED, SUSPENDED, VALIDATED, VALIDATION_FAILED,
+from rlhf_api.jobstatus import (API_RECOVERED, CHILD_CONFLICT, CHILD_FORBIDDEN, CHILD_INVALID,  # noqa: F401
+                                CHILD_REFUSED, CHILD_TOO_LARGE, CODE_NOT_FOUND, CONDITION_MESSAGE_MAX,
+                                CONDITION_REASON_MAX, CONDITION_REASON_PATTERN, DEGRADED, FAILED,
+                                KUBERAY_NOT_INSTALLED, RAYJOB_CREATED, RAYJOB_MISSING, RUNNING, SPEC_IMMUTABLE,
+                                STALLED, SUCCEEDED, SUSPENDED, TRANSIENT_API_ERRORS, VALIDATED, VALIDATION_FAILED,
                                 Phase)
 from rlhf_api.names import KUEUE_QUEUE_LABEL
 
+# Reasons a job has before its RayJob exists, which launch replaces once it creates one.
+PRE_LAUNCH_REASONS = (CODE_NOT_FOUND, TRANSIENT_API_ERRORS)
 
 
 def now_rfc3339() -> str:
@@ -142,11 +153,27 @@ def attempts(obs: Observation) -> int:
 # --------------------------------------------------------------------------- conditions
 
 
+def condition_reason(reason: str) -> str:
+    """``reason`` as metav1.Condition accepts it: one word of letters, digits, ``_ , :``.
+
+    The operator's own reasons are such words already; KubeRay's reasons, carried into the
+    conditions, are too, but nothing guarantees it, and a status the API server refuses
+    would not be written at all. Anything else becomes CamelCase words; nothing, Unknown.
+    """
+    if re.fullmatch(CONDITION_REASON_PATTERN, reason) and len(reason) <= CONDITION_REASON_MAX:
+        return reason
+    words = re.findall(r"[A-Za-z0-9]+", reason)
+    camel = "".join(w[:1].upper() + w[1:] for w in words).lstrip("0123456789")
+    return (camel[:1].upper() + camel[1:CONDITION_REASON_MAX]) or "Unknown"
+
+
 def set_condition(conditions: list[dict[str, Any]], type_: str, status: bool | str, reason: str, message: str,
                   generation: Optional[int], now: Optional[str] = None) -> list[dict[str, Any]]:
-    """A new list with condition ``type_`` set; lastTransitionTime moves only when status flips."""
+    """A new list with condition ``type_`` set; lastTransitionTime moves only when status flips.
+    The reason and message are made to fit metav1.Condition (condition_reason; 32 KiB)."""
     value = status if isinstance(status, str) else ("True" if status else "False")
     now = now or now_rfc3339()
+    reason, message = condition_reason(reason), message[:CONDITION_MESSAGE_MAX]
     result, found = [], False
     for cond in conditions:
         if cond.get("type") != type_:
@@ -171,13 +198,17 @@ def get_condition(conditions: list[dict[str, Any]], type_: str) -> Optional[dict
 
 def phase_conditions(conditions: list[dict[str, Any]], verdict: Verdict, generation: Optional[int],
                      now: Optional[str] = None) -> list[dict[str, Any]]:
-    """Running / Suspended / Succeeded / Failed conditions that agree with the phase."""
+    """Running / Suspended / Succeeded / Failed conditions that agree with the phase.
+
+    The one that is on and those that are off carry the verdict's reason and message alike:
+    the phase's reason is why each is what it is (Running=False because Completed), and
+    metav1.Condition has no empty reason.
+    """
     for type_, phase in ((RUNNING, Phase.Running), (SUSPENDED, Phase.Suspended),
                          (SUCCEEDED, Phase.Succeeded), (FAILED, Phase.Failed)):
         on = verdict.phase == phase.value
         if on or get_condition(conditions, type_) is not None:
-            conditions = set_condition(conditions, type_, on, verdict.reason if on else "", verdict.message if on else "",
-                                       generation, now)
+            conditions = set_condition(conditions, type_, on, verdict.reason, verdict.message, generation, now)
     stalled = get_condition(conditions, STALLED)
     if verdict.phase != Phase.Running.value and stalled is not None and stalled.get("status") == "True":
         conditions = set_condition(conditions, STALLED, False, "NotRunning", "the job is not running", generation, now)
@@ -244,3 +275,90 @@ def stall_update(current: dict[str, Any], heartbeat: Optional[str], stall_second
         return conditions, ("Warning", "Stalled", message)
     conditions = set_condition(conditions, STALLED, False, "HeartbeatResumed", "progress heartbeat is fresh", generation, stamp)
     return conditions, ("Normal", "Resumed", "progress heartbeat resumed")
+
+
+# --------------------------------------------------------------------------- API refusals and outages
+
+
+@dataclass(frozen=True)
+class ApiAnswer:
+    """How the API server answered a request that failed: its metav1.Status, as far as it sent one."""
+
+    code: int                 # HTTP status
+    reason: str = ""          # Status.reason: NotFound, Forbidden, Invalid, ...
+    message: str = ""         # Status.message: the API server's own words
+    details_kind: str = ""    # Status.details.kind: the resource the answer is about (namespaces, ...)
+
+
+QUOTED_MAX = 4096  # of the API server's message, in a condition (an Event keeps 1 KiB of the whole)
+_RESOURCES = {"RayJob": "rayjobs.ray.io", "ConfigMap": "configmaps"}
+
+
+def refusal(answer: ApiAnswer, kind: str, api_version: str, name: str, namespace: str) -> Verdict:
+    """The Failed verdict for a child that the API server refused to create, and the fix.
+
+    Only refusals get here (kube.is_transient sorts them out): retrying the same request would
+    get the same answer, so the job ends instead of waiting for ever. The message says what is
+    wrong and what to do first, then quotes the API server. A 404 for the RayJob that is not
+    about a missing namespace means the RayJob kind is not served: KubeRay's CRD is missing.
+    """
+    what = f"{kind} {name}"
+    quoted = f"the API server answered {answer.code} {answer.reason or 'error'}: {answer.message[:QUOTED_MAX]}"
+    again = "then delete and re-create this RLHFJob"
+    text = answer.message.lower()
+    if answer.code == 404 and kind == "RayJob" and answer.details_kind != "namespaces":
+        return Verdict(Phase.Failed.value, KUBERAY_NOT_INSTALLED,
+                       f"KubeRay is not installed: the RayJob kind {api_version} is unknown to this cluster;"
+                       f" install the KubeRay operator with its CRDs, {again} ({quoted})")
+    if answer.code == 403 and "exceeded quota" in text:
+        return Verdict(Phase.Failed.value, CHILD_FORBIDDEN,
+                       f"a ResourceQuota in namespace {namespace} refuses {what}: raise the quota or free what it"
+                       f" counts, {again} ({quoted})")
+    if answer.code == 403:
+        resource = _RESOURCES.get(kind, f"{kind.lower()}s")
+        return Verdict(Phase.Failed.value, CHILD_FORBIDDEN,
+                       f"the operator may not create {what} in namespace {namespace}: allow its service account to"
+                       f" create {resource} there (the Helm chart's RBAC does, in the namespaces it watches) or lift"
+                       f" the policy that refused it, {again} ({quoted})")
+    if answer.code in (413, 422, 500) and ("too large" in text or "too long" in text):
+        return Verdict(Phase.Failed.value, CHILD_TOO_LARGE,
+                       f"{what} is larger than the API server stores: make the inline reward or agent code smaller"
+                       f" (or take it from a ConfigMap with configMapRef), {again} ({quoted})")
+    if answer.code in (400, 422):
+        return Verdict(Phase.Failed.value, CHILD_INVALID,
+                       f"the API server found {what} invalid: correct the spec field it names (a field the operator"
+                       f" sets itself means the cluster's {kind} CRD is not the version the operator renders for),"
+                       f" {again} ({quoted})")
+    return Verdict(Phase.Failed.value, CHILD_REFUSED, f"the API server refused to create {what}, {again} ({quoted})")
+
+
+def refused_status(current: dict[str, Any], verdict: Verdict, generation: Optional[int],
+                   now: Optional[str] = None) -> dict[str, Any]:
+    """The status fields of a job that ends because a child was refused: Failed, with the Failed
+    condition, and Degraded cleared (the API server did answer)."""
+    now = now or now_rfc3339()
+    conditions = phase_conditions(list(current.get("conditions") or []), verdict, generation, now)
+    return {"phase": verdict.phase, "reason": verdict.reason, "message": verdict.message,
+            "conditions": api_recovered(conditions, generation, now), "completionTime": now,
+            "observedGeneration": generation}
+
+
+def api_degraded(conditions: list[dict[str, Any]], error: str, failing_for: float, retry_in: float,
+                 generation: Optional[int], now: Optional[str] = None) -> list[dict[str, Any]]:
+    """Degraded=True: the API server has failed a handler's calls for this job, transiently (an
+    outage, overload, a conflict), for longer than the operator lets pass in silence. The
+    handler keeps retrying; the condition says so, and what the last answer was."""
+    message = (f"the Kubernetes API has failed the operator's calls for this job for {int(failing_for)} s"
+               f" (last: {error}); still retrying, next in {retry_in:g} s")
+    return set_condition(conditions, DEGRADED, True, TRANSIENT_API_ERRORS, message, generation, now)
+
+
+def api_recovered(conditions: list[dict[str, Any]], generation: Optional[int],
+                  now: Optional[str] = None) -> list[dict[str, Any]]:
+    """Degraded=False once a handler got through; the conditions unchanged when it was not True
+    (a job that never saw an outage gets no Degraded condition at all)."""
+    degraded = get_condition(conditions, DEGRADED)
+    if degraded is None or degraded.get("status") != "True":
+        return conditions
+    return set_condition(conditions, DEGRADED, False, API_RECOVERED, "the Kubernetes API answers again",
+                         generation, now)

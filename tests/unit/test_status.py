@@ -176,3 +176,107 @@ def test_diff_base_is_kopfs_for_rlhfjobs_and_empty_for_rayjobs():
         assert ours.build(body=job, extra_fields=fields) == stock.build(body=job, extra_fields=fields)
     rayjob = kopf.Body({"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "demo"}, "spec": {"entrypoint": "x"}})
     assert ours.build(body=rayjob) == {}
+
+
+# ----------------------------------------------------------------- conditions as metav1.Condition
+
+REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"  # metav1.Condition's reason pattern
+
+
+def test_every_condition_has_a_reason_also_when_it_is_off():
+    import re
+
+    for sequence in [(rayjob("Running", "RUNNING"), rayjob("Complete", "SUCCEEDED", succeeded=1)),
+                     (rayjob("Running", "RUNNING"), rayjob("Suspended", suspend=True), rayjob("Running", "RUNNING")),
+                     (rayjob("Running", "RUNNING"), rayjob("Failed", "FAILED", "AppFailed", "exit 1", failed=1))]:
+        current, _ = walk(*sequence)
+        for condition in current["conditions"]:
+            assert re.fullmatch(REASON, condition["reason"]), condition
+            assert {"type", "status", "reason", "message", "lastTransitionTime"} <= set(condition)
+    running = {c["type"]: c for c in walk(rayjob("Running", "RUNNING"), rayjob("Complete", "SUCCEEDED",
+                                                                                succeeded=1))[0]["conditions"]}["Running"]
+    assert (running["status"], running["reason"], running["message"]) == ("False", "Completed", "training finished")
+
+
+@pytest.mark.parametrize("given, written", [
+    ("AppFailed", "AppFailed"), ("Deadline exceeded!", "DeadlineExceeded"), ("", "Unknown"), ("9lives", "Lives"),
+    ("a:b,c_d", "a:b,c_d"), ("x" * 2000, "X" + "x" * 1023),
+])
+def test_a_reason_is_made_to_fit_metav1_condition(given, written):
+    import re
+
+    condition = st.set_condition([], "Failed", True, given, "m" * 40000, 1)[0]
+    assert condition["reason"] == written and re.fullmatch(REASON, written) and len(condition["message"]) == 32768
+
+
+# ----------------------------------------------------------------- refused children, API outages
+
+
+def answer(code, reason="", message="", details_kind=""):
+    return st.ApiAnswer(code=code, reason=reason, message=message, details_kind=details_kind)
+
+
+@pytest.mark.parametrize("refused, kind, reason, words", [
+    (answer(404, "NotFound", "the server could not find the requested resource"), "RayJob", "KubeRayNotInstalled",
+     ["KubeRay is not installed: the RayJob kind ray.io/v1 is unknown to this cluster", "install the KubeRay operator",
+      "404 NotFound: the server could not find the requested resource"]),
+    (answer(404, "NotFound", 'namespaces "team-a" not found', "namespaces"), "RayJob", "ChildRefused",
+     ['namespaces "team-a" not found']),
+    (answer(403, "Forbidden", 'rayjobs.ray.io is forbidden: User "system:serviceaccount:rlhf:op" cannot create'),
+     "RayJob", "ChildForbidden", ["allow its service account to create rayjobs.ray.io", "cannot create"]),
+    (answer(403, "Forbidden", 'configmaps "demo-config" is forbidden: exceeded quota: q, requested: count/configmaps=1'),
+     "ConfigMap", "ChildForbidden", ["a ResourceQuota in namespace team-a", "exceeded quota: q"]),
+    (answer(422, "Invalid", 'RayJob.ray.io "demo" is invalid: spec.entrypoint: Required value'), "RayJob",
+     "ChildInvalid", ["found RayJob demo invalid", "spec.entrypoint: Required value"]),
+    (answer(413, "RequestEntityTooLarge", "Request entity too large: limit is 3145728"), "RayJob", "ChildTooLarge",
+     ["larger than the API server stores", "limit is 3145728"]),
+    (answer(422, "Invalid", 'ConfigMap "demo-code-1" is invalid: []: Too long: must have at most 1048576 bytes'),
+     "ConfigMap", "ChildTooLarge", ["configMapRef", "1048576 bytes"]),
+    (answer(500, "InternalError", "etcdserver: request is too large"), "RayJob", "ChildTooLarge", ["etcdserver"]),
+    (answer(400, "BadRequest", "the body of the request was in an unknown format"), "RayJob", "ChildInvalid",
+     ["unknown format"]),
+    (answer(405, "MethodNotAllowed", "the server does not allow this method"), "RayJob", "ChildRefused",
+     ["refused to create RayJob demo"]),
+])
+def test_a_refused_child_fails_the_job_with_the_fix_and_the_api_servers_words(refused, kind, reason, words):
+    verdict = st.refusal(refused, kind, "ray.io/v1" if kind == "RayJob" else "v1", "demo", "team-a")
+    assert (verdict.phase, verdict.reason) == ("Failed", reason)
+    assert "then delete and re-create this RLHFJob" in verdict.message
+    for word in words:
+        assert word in verdict.message
+
+
+def test_a_refused_status_is_failed_with_a_condition_and_fits_the_schema():
+    from k8s_schemas import crd_errors
+
+    verdict = st.refusal(answer(404, "NotFound", "the server could not find the requested resource"),
+                         "RayJob", "ray.io/v1", "demo", "team-a")
+    degraded = st.api_degraded([], "503 ServiceUnavailable: x", 130, 60, 1, "2026-01-01T00:00:00Z")
+    status = st.refused_status({"conditions": degraded}, verdict, 1, "2026-01-01T00:01:00Z")
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert status["phase"] == "Failed" and status["reason"] == "KubeRayNotInstalled" and status["completionTime"]
+    assert conditions["Failed"]["status"] == "True" and conditions["Failed"]["reason"] == "KubeRayNotInstalled"
+    assert conditions["Degraded"]["status"] == "False" and conditions["Degraded"]["reason"] == "APIRecovered"
+    crd = Path(__file__).resolve().parents[2] / "crds" / "rlhf.dev_rlhfjobs.yaml"
+    job = {"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFJob", "metadata": {"name": "demo"},
+           "spec": {"model": {"path": "/m"}, "data": {"prompts": "/p.jsonl"}, "reward": {"remote": {"url": "http://r"}}},
+           "status": status}
+    assert crd_errors(job, crd, "v1alpha1") == []
+    job["status"] = {**status, "conditions": [{**conditions["Failed"], "reason": ""}]}
+    assert crd_errors(job, crd, "v1alpha1")  # the schema refuses an empty reason, as metav1.Condition does
+    job["status"] = {**status, "conditions": [{"type": "Failed", "status": "True"}]}
+    assert crd_errors(job, crd, "v1alpha1")  # ... and a condition without reason, message, lastTransitionTime
+
+
+def test_degraded_is_set_while_retrying_and_cleared_once_through():
+    conditions = st.api_degraded([], "503 ServiceUnavailable: etcd leader changed", 125.4, 48, 1, "2026-01-01T00:00:00Z")
+    degraded = st.get_condition(conditions, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "TransientAPIErrors")
+    assert "for 125 s" in degraded["message"] and "etcd leader changed" in degraded["message"]
+    assert "still retrying, next in 48 s" in degraded["message"]
+    again = st.api_degraded(conditions, "429 TooManyRequests: slow down", 300, 60, 1, "2026-01-01T00:03:00Z")
+    assert st.get_condition(again, "Degraded")["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    recovered = st.api_recovered(again, 1, "2026-01-01T00:04:00Z")
+    assert st.get_condition(recovered, "Degraded")["status"] == "False"
+    assert st.get_condition(recovered, "Degraded")["lastTransitionTime"] == "2026-01-01T00:04:00Z"
+    assert st.api_recovered(recovered, 1) == recovered and st.api_recovered([], 1) == []  # nothing to clear
