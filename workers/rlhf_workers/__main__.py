@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Optional, Sequence
@@ -36,6 +37,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import ray
 
     from .metrics import ProgressServer
+    from .session import Stopped
     from .train import LogReporter, train
 
     progress = ProgressServer(config.progress_port)  # up before Ray, so the operator sees "starting"
@@ -47,15 +49,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             log.warning("no Ray cluster to join; starting a local one")
             ray.init(include_dashboard=False, logging_level=logging.WARNING)
     result = None
+    stopped = False
     try:
         result = train(config, max_steps=args.max_steps, reporter=LogReporter(), progress=progress)
+    except Stopped as exc:  # SIGTERM (the pod is going away): the last completed step is checkpointed
+        log.warning("%s", exc)
+        stopped = True
     except Exception as exc:  # noqa: BLE001 - the job fails with a readable reason
         log.error("training failed: %s: %s", type(exc).__name__, exc, exc_info=not _user_fault(exc))
     finally:
         if own_ray:
             ray.shutdown()
-    _linger(progress, config.progress_linger_seconds, log)  # not on Ctrl-C: that skips this line
+    if not stopped:  # a stopped driver has its grace period to exit, not the linger time
+        _linger(progress, config.progress_linger_seconds, log)  # not on Ctrl-C: that skips this line
     progress.close()
+    if stopped:
+        return 128 + signal.SIGTERM
     if result is None:
         return 1
     log.info("finished %d steps; final model in %s", result.steps, result.final_model)

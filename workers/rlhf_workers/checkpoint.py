@@ -1,29 +1,45 @@
-"""Checkpoint layout, discovery and rotation.
+"""Checkpoint layout, atomic commit, verification, discovery and rotation.
 
 ::
 
     <output>/checkpoints/
         step_000010/
-            policy/step_000010/...   DeepSpeed checkpoint of the policy (model, optimizer, scheduler)
+            policy/step_000010/...   DeepSpeed checkpoint of the policy (model, optimizer, scheduler, RNG states)
             critic/step_000010/...   the critic's, with gae
-            state.json               step, data position, metrics so far - written LAST
+            state.json               step, data position, metrics so far
+            manifest.json            size and sha256 of every other file - written LAST
         step_000020/...
+        .partial-step_000030/        a save in progress (or killed): never resumed from
 
-A checkpoint counts only once its ``state.json`` exists, so a run killed while saving resumes
-from the previous one. The newest complete checkpoint is resumed from automatically; at most
-``checkpoint.maxKeep`` complete ones are kept.
+A save is written aside, in ``.partial-<tag>``; :meth:`Checkpoints.commit` adds ``state.json``
+and the manifest, reads every file back against it, and only then renames the directory to
+its visible name. A run killed while saving therefore leaves a ``.partial-`` directory that
+the next commit removes, never a visible half-written checkpoint.
+
+On resume the visible checkpoints are tried newest first; one whose files no longer match its
+manifest (truncated, corrupted, missing), whose ``state.json`` is unreadable or lacks ``step``,
+is skipped with a warning naming the path and the file, and moved aside to ``.corrupt-<tag>``
+so it is neither tried again nor counted by rotation. At most ``checkpoint.maxKeep`` good
+checkpoints are kept.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+logger = logging.getLogger("rlhf_workers.train")
+
 STATE_FILE = "state.json"
+MANIFEST_FILE = "manifest.json"
+PARTIAL_PREFIX = ".partial-"
+CORRUPT_PREFIX = ".corrupt-"
 
 
 def tag_for(step: int) -> str:
@@ -41,42 +57,191 @@ class Checkpoint:
         return tag_for(self.step)
 
 
+class CheckpointError(Exception):
+    """A checkpoint that cannot be resumed from; the message names the path and the file."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_manifest(directory: Path) -> dict[str, Any]:
+    """Record size and sha256 of every file under ``directory`` in its manifest (written last, atomically)."""
+    files = {}
+    for path in _files(directory):
+        _fsync(path)
+        files[path.relative_to(directory).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    manifest = {"version": 1, "files": files}
+    tmp = directory / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    _fsync(tmp)
+    os.replace(tmp, directory / MANIFEST_FILE)
+    return manifest
+
+
+def verify(directory: Path) -> Checkpoint:
+    """The checkpoint in ``directory`` once its files match its manifest; :class:`CheckpointError` otherwise."""
+    manifest_path = directory / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        if (directory / STATE_FILE).is_file():  # saved by a version without manifests: the loader has the last word
+            logger.warning("checkpoint %s has no %s (saved by an older version): its files are not verified",
+                           directory, MANIFEST_FILE)
+            return _read_state(directory)
+        raise CheckpointError(f"{directory}: no {MANIFEST_FILE} (the save did not finish)") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{manifest_path}: unreadable manifest ({exc})") from None
+    for name, want in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing")
+        size = path.stat().st_size
+        if size != want["size"]:
+            raise CheckpointError(f"{path}: {size} bytes, {want['size']} when saved (truncated or rewritten)")
+        if _sha256(path) != want["sha256"]:
+            raise CheckpointError(f"{path}: contents differ from when saved (sha256 mismatch)")
+    if STATE_FILE not in files:
+        raise CheckpointError(f"{directory / STATE_FILE}: missing")
+    return _read_state(directory)
+
+
+def _read_state(directory: Path) -> Checkpoint:
+    path = directory / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from None
+    step = state.get("step") if isinstance(state, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{path}: no valid 'step' (got {step!r})")
+    if directory.name != tag_for(step) and not directory.name.startswith(PARTIAL_PREFIX):
+        raise CheckpointError(f"{path}: step {step} does not match the directory name {directory.name}")
+    if not isinstance(state.get("data"), dict):
+        raise CheckpointError(f"{path}: no data position ('data')")
+    return Checkpoint(step, directory, state)
+
+
 class Checkpoints:
     def __init__(self, root: str | Path, max_keep: int):
         self.root = Path(root)
         self.max_keep = max_keep
 
     def path_for(self, step: int) -> Path:
+        """Where the checkpoint of ``step`` is visible once committed."""
         return self.root / tag_for(step)
 
-    def complete(self) -> list[Checkpoint]:
+    def staging_for(self, step: int) -> Path:
+        """Where the workers write the checkpoint of ``step`` before it is committed."""
+        return self.root / (PARTIAL_PREFIX + tag_for(step))
+
+    def prepare(self, step: int) -> Path:
+        """An empty staging directory for the save of ``step`` (a leftover of a killed save is removed)."""
+        staging = self.staging_for(step)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        return staging
+
+    def _visible(self) -> list[Path]:
         if not self.root.is_dir():
             return []
+        dirs = [d for d in self.root.iterdir() if d.is_dir() and d.name.startswith("step_")]
+        return sorted(dirs, key=lambda d: d.name)
+
+    def complete(self) -> list[Checkpoint]:
+        """The visible checkpoints with a readable state, oldest first (files not hashed: see :meth:`resumable`)."""
         found = []
-        for d in self.root.iterdir():
-            state = d / STATE_FILE
-            if d.is_dir() and d.name.startswith("step_") and state.is_file():
+        for d in self._visible():
+            if (d / STATE_FILE).is_file():
                 try:
-                    data = json.loads(state.read_text())
-                except json.JSONDecodeError:
+                    found.append(_read_state(d))
+                except CheckpointError:
                     continue
-                found.append(Checkpoint(int(data["step"]), d, data))
         return sorted(found, key=lambda c: c.step)
 
+    def resumable(self) -> list[Checkpoint]:
+        """The checkpoints that pass verification, newest first; the others are warned about and moved aside."""
+        good = []
+        for d in reversed(self._visible()):
+            if not (d / STATE_FILE).exists() and not (d / MANIFEST_FILE).exists():
+                continue  # a directory a save of an older version left half-way: nothing to warn about
+            try:
+                good.append(verify(d))
+            except CheckpointError as exc:
+                self.quarantine(d, str(exc))
+        return good
+
     def latest(self) -> Optional[Checkpoint]:
-        done = self.complete()
-        return done[-1] if done else None
+        """The newest checkpoint that passes verification."""
+        good = self.resumable()
+        return good[0] if good else None
+
+    def quarantine(self, directory: Path, reason: str) -> None:
+        """Move a checkpoint that cannot be resumed from out of the way, with a warning that names it."""
+        target = self.root / (CORRUPT_PREFIX + directory.name)
+        logger.warning("checkpoint %s is not usable, falling back to the previous one: %s (moved to %s)",
+                       directory, reason, target)
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(directory, target)
+        except OSError as exc:
+            logger.warning("could not move %s aside: %s", directory, exc)
 
     def commit(self, step: int, state: dict[str, Any]) -> Checkpoint:
-        """Mark the checkpoint of ``step`` complete (after the workers wrote it) and rotate old ones."""
-        path = self.path_for(step)
-        path.mkdir(parents=True, exist_ok=True)
-        tmp = path / (STATE_FILE + ".tmp")
+        """Make the checkpoint of ``step`` visible once the workers wrote it, then rotate old ones.
+
+        The files are in :meth:`staging_for` (or, for callers that wrote in place, in
+        :meth:`path_for`); ``state.json`` and the manifest join them, the manifest is checked
+        against the files, and a rename makes the checkpoint visible in one step.
+        """
+        staging = self.staging_for(step)
+        final = self.path_for(step)
+        work = staging if staging.is_dir() else final
+        work.mkdir(parents=True, exist_ok=True)
+        tmp = work / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps({**state, "step": step}, indent=1))
-        os.replace(tmp, path / STATE_FILE)
+        os.replace(tmp, work / STATE_FILE)
+        write_manifest(work)
+        checkpoint = verify(work)  # read back before it is made visible
+        if work is staging:
+            if final.exists():  # a step saved again (a run resumed from before it): the new save wins
+                old = self.root / (CORRUPT_PREFIX + final.name)
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(staging, final)
+            _fsync(self.root)
+        self._rotate(step)
+        return Checkpoint(step, final, checkpoint.state)
+
+    def _rotate(self, step: int) -> None:
         for old in self.complete()[:-self.max_keep]:
             shutil.rmtree(old.path, ignore_errors=True)
-        for d in self.root.iterdir():  # partial saves of killed runs, older than the newest complete one
-            if d.is_dir() and d.name.startswith("step_") and not (d / STATE_FILE).exists() and d.name < tag_for(step):
+        for d in self.root.iterdir():  # saves of killed runs (corrupt ones stay, set aside, to be looked at)
+            if not d.is_dir():
+                continue
+            if d.name.startswith(PARTIAL_PREFIX) or (
+                    d.name.startswith("step_") and not (d / STATE_FILE).exists() and d.name < tag_for(step)):
                 shutil.rmtree(d, ignore_errors=True)
-        return Checkpoint(step, path, state)

@@ -186,6 +186,7 @@ class TransformersEngine(RolloutEngine):
         eos = getattr(self.model.generation_config, "eos_token_id", None) or config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
         self.pad_id = config.pad_token_id if config.pad_token_id is not None else (min(self.eos_ids) if self.eos_ids else 0)
+        self.seed = seed
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.max_batch = max_batch
         self._params = dict(self.model.named_parameters())
@@ -202,6 +203,8 @@ class TransformersEngine(RolloutEngine):
                 target.copy_(tensor.to(device=target.device, dtype=target.dtype))
 
     def generate(self, prompts, sampling):
+        if sampling.seed is not None:  # the driver's per-round seed: a resumed run samples what the first would have
+            self.generator.manual_seed((sampling.seed * 1_000_003 + self.seed) % (1 << 63))
         rows = [list(p) for p in prompts for _ in range(sampling.n)]
         gens: list[Generation] = []
         for start in range(0, len(rows), self.max_batch):

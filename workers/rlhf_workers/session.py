@@ -19,10 +19,14 @@ before set-up moved here; changing it belongs with the failure-path work, not th
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import math
 import os
 import random
+import signal
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +39,7 @@ from rlhf_api.progress import CheckpointInfo, utc_now
 from rlhf_api.workerconfig import WorkerConfig
 
 from .agent import AgentRunner
-from .checkpoint import Checkpoint, Checkpoints
+from .checkpoint import Checkpoint, Checkpoints, tag_for
 from .cluster import Cluster, resolve_placement
 from .data import PromptStream, load_prompts, load_tokenizer
 from .metrics import CURVE_FILE, MetricsLog, ProgressServer, plot_reward_curve
@@ -74,6 +78,34 @@ class LogReporter:
         pass
 
 
+class Stopped(Exception):
+    """The run ended early on a signal (preemption), after saving a checkpoint of its last completed step."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+@contextmanager
+def stop_on_sigterm(session: "Session") -> Iterator[None]:
+    """While the loop runs, SIGTERM asks it to stop after the current step; a second SIGTERM aborts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if session.stop_signal is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+        session.stop_signal = signal.Signals(signum).name
+        logger.warning("%s: stopping after the current step, with a checkpoint", session.stop_signal)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @dataclass
 class TrainResult:
     steps: int  #: steps completed, counting resumed ones
@@ -105,6 +137,7 @@ class Session:
     first_step: int = 0  #: steps done before this run (a resumed run's checkpoint step)
     last_sync: Optional[str] = None  #: when the engines last got new weights
     last_ckpt: Optional[CheckpointInfo] = None
+    stop_signal: Optional[str] = None  #: set by SIGTERM: the loop ends after the current step with a checkpoint
 
     @property
     def spec(self):
@@ -125,7 +158,8 @@ class Session:
             self.agent = AgentRunner(self.config.agent_code_path, self.cluster, self.tokenizer, spec.agent.max_steps,
                                      self.max_model_len, spec.rollout)
         if resume is not None:
-            self.cluster.load_checkpoint(str(resume.path), resume.tag)
+            resume = self.resume = self._load_resumable(resume)
+        if resume is not None:
             self.prompts.restore(resume.state["data"])
             self.first_step = resume.step
             self.cluster.weight_sync.push()  # the engines start from the initial weights
@@ -138,13 +172,36 @@ class Session:
                              **(resumed_progress(resume, self.metrics.history) if resume is not None else {}))
         self.reporter.start(self.total_steps, self.first_step)
 
+    def _load_resumable(self, newest: Checkpoint) -> Optional[Checkpoint]:
+        """Load the newest checkpoint the trainers accept: a verified one that fails to load is set aside too."""
+        failures = []
+        for ckpt in [newest] + [c for c in self.checkpoints.resumable() if c.step < newest.step]:
+            try:
+                self.cluster.load_checkpoint(str(ckpt.path), ckpt.tag)
+                return ckpt
+            except Exception as exc:  # noqa: BLE001 - named in the warning, and in the error when none loads
+                failures.append(f"{ckpt.path}: {type(exc).__name__}: {exc}")
+                self.checkpoints.quarantine(ckpt.path, f"the trainers could not load it ({type(exc).__name__}: {exc})")
+        raise RuntimeError("no checkpoint could be loaded: " + "; ".join(failures))
+
     def save_checkpoint(self, step: int) -> CheckpointInfo:
-        """Trainer states of ``step`` and the data position, committed once complete."""
-        path = self.checkpoints.path_for(step)
-        self.cluster.save_checkpoint(str(path), path.name)
+        """Trainer states of ``step`` and the data position, written aside and committed once verified."""
+        staging = self.checkpoints.prepare(step)
+        self.cluster.save_checkpoint(str(staging), tag_for(step))
         self.checkpoints.commit(step, {"data": self.prompts.state(), "total_steps": self.total_steps, "time": utc_now()})
+        path = self.checkpoints.path_for(step)
         self.last_ckpt = CheckpointInfo(step=step, path=str(path), time=utc_now())
         return self.last_ckpt
+
+    def round_sampling(self) -> SamplingConfig:
+        """Sampling for the next round of generation, seeded by the job's seed and the data position.
+
+        The rollout engines' generators restart from this seed each round, so their state needs no
+        checkpoint: a run resumed at a position samples exactly what the uninterrupted run did there.
+        """
+        key = f"{self.spec.training.seed}:{self.prompts.episode}:{self.prompts.offset}".encode()
+        seed = int.from_bytes(hashlib.sha256(key).digest()[:7], "big")
+        return dataclasses.replace(self.sampling, seed=seed)
 
     def log_step(self, row: dict[str, Any]) -> None:
         """A finished step's row to metrics.jsonl (and TensorBoard/W&B), the reporter and the progress endpoint."""
@@ -153,6 +210,15 @@ class Session:
         self.progress.update(step=row["step"], episode=self.prompts.episode, reward_mean=row["reward/mean"],
                              score_mean=row["score/mean"], kl=row["kl"], samples_per_second=row["samples_per_second"],
                              last_weight_sync=self.last_sync, last_checkpoint=self.last_ckpt)
+
+    def stop(self, step: int) -> None:
+        """End the run after ``step`` because of :attr:`stop_signal`: save the step (unless just saved) and raise."""
+        if step > 0 and (self.last_ckpt is None or self.last_ckpt.step != step) and \
+                (self.resume is None or step > self.resume.step):
+            self.save_checkpoint(step)
+        where = self.last_ckpt.path if self.last_ckpt else (str(self.resume.path) if self.resume else "none")
+        raise Stopped(f"stopped by {self.stop_signal} after step {step}/{self.total_steps}; checkpoint {where}; "
+                      "run again with the same output to resume", step)
 
     def finish(self, step: int) -> TrainResult:
         """The end of a run: a checkpoint of the last step (unless it is the one resumed from), the final model, the curve."""
@@ -200,8 +266,9 @@ def open_session(config: WorkerConfig, reporter: Reporter, progress: Optional[Pr
     session = Session(config, reporter, progress, tokenizer, prompts, total_steps, checkpoints, resume, placement,
                       max_model_len, cluster)
     try:
-        session.begin()
-        yield session
+        with stop_on_sigterm(session):
+            session.begin()
+            yield session
     except BaseException as exc:
         progress.update(state="failed", message=str(exc)[:2000])
         raise

@@ -117,6 +117,8 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
     with open_session(config, reporter or LogReporter(), progress, max_steps=max_steps, threads=threads) as s:
         step = s.first_step
         while step < s.total_steps and not s.prompts.exhausted:
+            if s.stop_signal is not None:  # SIGTERM during set-up
+                s.stop(step)
             t = Timer()
             step_start = time.perf_counter()
             episode = s.prompts.episode
@@ -124,9 +126,10 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
             # ---------------------------------------------------- 1-3. rollout, reward, dynamic filtering
             batch = Rollout(n)
             while batch.groups < rollout_size and not s.prompts.exhausted:  # filtering refills from the data
+                sampling = s.round_sampling()  # seeded by the data position, so a resumed run samples the same
                 chunk = s.prompts.take(rollout_size - batch.groups)
                 with t("generate"):
-                    samples = s.agent.rollout(chunk, n) if s.agent else generate(s.cluster, chunk, s.sampling)
+                    samples = s.agent.rollout(chunk, n) if s.agent else generate(s.cluster, chunk, sampling)
                 with t("reward"):
                     result = agent_rewards(samples) if s.agent else score(s.cluster, s.tokenizer, chunk, samples, n)
                 batch.add_round(chunk, samples, result, kept=kept_groups(algo, result.scores, len(chunk)))
@@ -173,6 +176,8 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
                     s.save_checkpoint(step)
             row.update(timing_metrics(t.seconds, time.perf_counter() - step_start, row["samples"], tokens))
             s.log_step(row)
+            if s.stop_signal is not None:  # SIGTERM (preemption): the step is done; save it and end the run
+                s.stop(step)
 
         return s.finish(step)
 

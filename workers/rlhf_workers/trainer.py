@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -144,13 +145,41 @@ class _DeepSpeedModel:
                 yield name, (param.data.detach().clone() if clone else param.data.detach())
 
     def save_checkpoint(self, directory: str, tag: str) -> None:
-        self.engine.save_checkpoint(directory, tag=tag, client_state={}, save_latest=False)
+        """Model, optimizer and scheduler (DeepSpeed's files, no ``latest``), and this process's RNG states."""
+        self.engine.save_checkpoint(directory, tag=tag, client_state={"rng": rng_states()}, save_latest=False)
 
     def load_checkpoint(self, directory: str, tag: str) -> None:
-        path, _ = self.engine.load_checkpoint(directory, tag=tag, load_module_strict=True,
-                                              load_optimizer_states=True, load_lr_scheduler_states=True)
+        path, client_state = self.engine.load_checkpoint(directory, tag=tag, load_module_strict=True,
+                                                         load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint {tag!r} in {directory}")
+        if client_state and client_state.get("rng"):
+            restore_rng_states(client_state["rng"])
+
+
+def rng_states() -> dict:
+    """The random generators a trainer draws from (dropout, shuffles), to be resumed exactly."""
+    states = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+
+        states["numpy"] = np.random.get_state()
+    except ImportError:
+        pass
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") is not None and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if states.get("numpy") is not None:
+        import numpy as np
+
+        np.random.set_state(states["numpy"])
 
 
 # --------------------------------------------------------------------------- policy
