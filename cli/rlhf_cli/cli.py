@@ -267,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configmap", action="append", default=[], metavar="NAME=FILE", help="local file for a configMapRef")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from rlhf_workers.local import CleanupAction  # light: the worker stack loads only when a job runs
+    p.add_argument("--cleanup", action=CleanupAction, help="stop the Ray processes of killed runs, and exit")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("test-reward", help="run a reward_func file on samples and check its contract")

@@ -17,9 +17,11 @@ exist yet (the quickstart uses this).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -177,11 +179,95 @@ class QuietReporter:
     def close(self): ...
 
 
+# Every process of a local run's embedded Ray inherits this variable from ``rlhf run``: "<pid>:<start time>"
+# of the run that started it. A process whose run no longer exists is an orphan of a killed run.
+RUN_MARKER = "RLHF_LOCAL_RUN"
+
+
+def _start_time(pid: int) -> Optional[str]:
+    """The kernel's start time of ``pid`` (field 22 of /proc/PID/stat): with the pid, it names one process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _run_id(pid: int) -> Optional[str]:
+    start = _start_time(pid)
+    return f"{pid}:{start}" if start else None
+
+
+def orphaned_ray_processes() -> list[int]:
+    """Processes left by a local run that was killed (``kill -9``): they carry the marker of a run that is gone."""
+    orphans: list[int] = []
+    if not Path("/proc/self/stat").exists():
+        return orphans
+    needle = RUN_MARKER.encode() + b"="
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue  # another user's process, or gone
+        for item in environ.split(b"\0"):
+            if item.startswith(needle):
+                owner = item[len(needle):].decode(errors="replace")
+                pid = owner.split(":", 1)[0]
+                if pid.isdigit() and _run_id(int(pid)) != owner:
+                    orphans.append(int(entry.name))
+                break
+    return orphans
+
+
+def cleanup_orphans(timeout: float = 10.0) -> int:
+    """SIGKILL the Ray processes of killed local runs (never those of a run still going); how many there were."""
+    orphans = orphaned_ray_processes()
+    for pid in orphans:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(pid) for pid in orphans):
+        time.sleep(0.05)
+    if orphans:
+        _err(f"stopped {len(orphans)} Ray process(es) left behind by a killed run")
+    return len(orphans)
+
+
+class CleanupAction(argparse.Action):
+    """``rlhf run --cleanup``: stop the Ray processes that killed local runs left behind, and exit."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        kwargs.pop("nargs", None)
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        count = cleanup_orphans()
+        print(f"rlhf run --cleanup: {count} Ray process(es) of killed runs stopped", file=sys.stderr)
+        parser.exit(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie is dead, waiting for its parent
+
+
 def run_local(job_path: str, output_dir: str, *, configmap_files: Optional[dict[str, str]] = None,
               max_steps: Optional[int] = None, quiet: bool = False) -> int:
-    """Run ``job_path`` locally; returns the exit code (0 done, 1 failed while running, 2 unusable job)."""
+    """Run ``job_path`` locally; returns the exit code (0 done, 1 failed while running, 2 unusable job,
+    130 interrupted by Ctrl-C, 143 stopped by SIGTERM after saving a checkpoint)."""
     for key, value in LOCAL_ENV.items():
         os.environ.setdefault(key, value)
+    cleanup_orphans()
+    run_id = _run_id(os.getpid())
+    if run_id:
+        os.environ[RUN_MARKER] = run_id
     from rlhf_api.validation import InvalidJob
 
     from .agent import AgentError
@@ -201,6 +287,7 @@ def run_local(job_path: str, output_dir: str, *, configmap_files: Optional[dict[
     import ray
 
     from .cluster import required_cpus
+    from .session import Stopped
     from .train import train
 
     cores = os.cpu_count() or 1
@@ -217,6 +304,12 @@ def run_local(job_path: str, output_dir: str, *, configmap_files: Optional[dict[
     reporter = QuietReporter() if quiet else RichReporter()
     try:
         result = train(config, max_steps=max_steps, reporter=reporter, threads=threads)
+    except Stopped as exc:
+        _err(str(exc))
+        return 128 + signal.SIGTERM
+    except KeyboardInterrupt:
+        _err("interrupted; the workers are stopped. Run again with the same --output to resume from the last checkpoint")
+        return 130
     except RewardError as exc:
         _err(f"reward error: {exc}")
         return 1
