@@ -30,6 +30,10 @@ from rlhf_api.workerconfig import AGENT_FILE, CODE_DIR, CONFIG_DIR, CONFIG_FILE,
 DEFAULT_WORKER_IMAGE = "ghcr.io/rlhf-dev/rlhf-workers:0.1.0"
 RUN_AS_USER = 1000  # the worker image's non-root user
 
+# On SIGTERM (preemption, drain) the driver finishes its current step, saves a checkpoint and exits;
+# the Ray pods must outlive that: a step and a save of a large model take minutes, Kubernetes' 30 s do not fit.
+TERMINATION_GRACE_SECONDS = 600
+
 # KubeRay 1.7's head ports by the names it looks them up with (ray-operator/controllers/ray/
 # utils/constant.go; common/service.go getServicePorts).
 KUBERAY_HEAD_PORTS = (("gcs-server", 6379), ("dashboard", 8265), ("client", 10001), ("metrics", 8080))
@@ -310,6 +314,7 @@ def _pod_template(job: RLHFJob, component: str, group: GroupSpec, container_name
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": _pod_security(),
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "containers": [container],
         "volumes": volumes,
     }

@@ -333,3 +333,11 @@ def test_every_rejected_spec_names_its_field(path, value):
     except InvalidJob as exc:
         named = [e.path for e in exc.errors]
         assert any(p.startswith("spec." + keys[0]) for p in named), (path, value, named)
+
+
+def test_ray_pods_give_the_driver_time_to_checkpoint_on_sigterm():
+    from rlhf_operator.render import TERMINATION_GRACE_SECONDS
+
+    cluster = rendered(job())[-1]["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    assert pods and all(p["spec"]["terminationGracePeriodSeconds"] == TERMINATION_GRACE_SECONDS >= 300 for p in pods)
