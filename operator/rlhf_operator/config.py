@@ -25,6 +25,11 @@ class OperatorConfig:
     progress_timeout: float = 5.0
     resync_interval: float = 60.0
     code_retry_seconds: float = 10.0  # a missing code ConfigMap is looked for again this often
+    # Transient API errors (outage, 429, 5xx, 409): retried after api_retry_seconds, doubling up
+    # to api_retry_max_seconds; failing longer than api_degraded_seconds sets Degraded=True.
+    api_retry_seconds: float = 3.0
+    api_retry_max_seconds: float = 60.0
+    api_degraded_seconds: float = 120.0
     kubeconfig: Optional[str] = None
     log_level: str = "INFO"
     health_port: Optional[int] = 8080
@@ -50,6 +55,7 @@ class OperatorConfig:
         cfg.progress_url = env.get("RLHF_PROGRESS_URL") or cfg.progress_url
         cfg.resync_interval = float(env.get("RLHF_RESYNC_SECONDS") or cfg.resync_interval)
         cfg.code_retry_seconds = float(env.get("RLHF_CODE_RETRY_SECONDS") or cfg.code_retry_seconds)
+        cfg.api_degraded_seconds = float(env.get("RLHF_API_DEGRADED_SECONDS") or cfg.api_degraded_seconds)
         cfg.kubeconfig = env.get("RLHF_KUBECONFIG") or None
         cfg.log_level = env.get("RLHF_LOG_LEVEL") or cfg.log_level
         port = env.get("RLHF_HEALTH_PORT")
@@ -67,6 +73,7 @@ class Metrics:
     phases: dict[tuple[str, str], str] = field(default_factory=dict)
     rayjobs_created: int = 0
     validation_failures: int = 0
+    children_refused: int = 0
     progress_polls: int = 0
     progress_failures: int = 0
 
@@ -79,6 +86,7 @@ class Metrics:
         for name, value, help_ in (
             ("rlhf_rayjobs_created_total", self.rayjobs_created, "RayJobs created."),
             ("rlhf_validation_failures_total", self.validation_failures, "RLHFJobs rejected as invalid."),
+            ("rlhf_children_refused_total", self.children_refused, "RLHFJobs failed: the API server refused a child."),
             ("rlhf_progress_polls_total", self.progress_polls, "Progress endpoint reads."),
             ("rlhf_progress_poll_failures_total", self.progress_failures, "Progress endpoint reads that failed."),
         ):

@@ -18,6 +18,8 @@ from kubernetes.client.rest import ApiException
 
 from rlhf_api.names import GROUP, MANAGER, PLURAL, VERSION
 
+from .status import ApiAnswer
+
 log = logging.getLogger(__name__)
 
 _PLURALS = {("ray.io/v1", "RayJob"): ("ray.io", "v1", "rayjobs")}
@@ -50,11 +52,49 @@ def event_manifest(involved: dict[str, Any], type_: str, reason: str, message: s
     }
 
 
+def answer_of(exc: ApiException) -> ApiAnswer:
+    """The metav1.Status the API server sent with a failed request (its code alone if none)."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    details = body.get("details") if isinstance(body.get("details"), dict) else {}
+    return ApiAnswer(code=int(exc.status or 0), reason=str(body.get("reason") or exc.reason or ""),
+                     message=str(body.get("message") or (exc.body or "")).strip(),
+                     details_kind=str(details.get("kind") or ""))
+
+
 def is_transient(exc: BaseException) -> bool:
-    """An API server outage or overload (retry soon), as opposed to a refusal (403, 422, ...)."""
+    """Whether the same request may well succeed later: the API server was unreachable, slow,
+    overloaded (429, 5xx), or the object changed underneath (409), or the operator's own
+    credentials were refused (401: rotated tokens are reloaded; no job is at fault). Everything
+    else the API server answers (400, 403, 404, 413, 422, ...) is a refusal that retrying would
+    only repeat; so is a 5xx that says the object is too large (etcd's limit)."""
+    if isinstance(exc, Transient):
+        return True
     if isinstance(exc, ApiException):
-        return exc.status in (429, 500, 502, 503, 504) or not exc.status
+        if not exc.status:
+            return True
+        if exc.status >= 500:
+            return "too large" not in (exc.body or "").lower()
+        return exc.status in (401, 408, 409, 429)
     return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
+
+
+class Transient(Exception):
+    """A race with another writer that the next try resolves (an object gone between calls)."""
+
+
+class Refused(Exception):
+    """The API server refused to create a child, for a reason retrying will not change."""
+
+    def __init__(self, obj: dict[str, Any], answer: ApiAnswer):
+        self.kind, self.api_version = obj["kind"], obj["apiVersion"]
+        self.name, self.namespace = obj["metadata"]["name"], obj["metadata"]["namespace"]
+        self.answer = answer
+        super().__init__(f"{self.kind} {self.name}: {answer.code} {answer.reason}: {answer.message}")
 
 
 class NotOwned(Exception):
@@ -123,18 +163,44 @@ class Kube:
         return self.custom.get_namespaced_custom_object(group, version, ns, plural, name)
 
     def create_or_adopt(self, obj: dict[str, Any], owner_uid: str) -> bool:
-        """Create ``obj``; if its name exists and this job owns it, adopt it. True when created."""
+        """Create ``obj``; if its name exists and this job owns it, adopt it. True when created.
+
+        Raises Refused when the API server refuses the create for good, NotOwned when the name
+        is another's, and the API's own error (or Transient) when a later try may succeed."""
         try:
             self._create(obj)
             return True
         except ApiException as exc:
             if exc.status != 409:
-                raise
-        existing = self._get(obj)
+                if is_transient(exc):
+                    raise
+                raise Refused(obj, answer_of(exc)) from exc
+            if answer_of(exc).reason == "Conflict":
+                raise  # not AlreadyExists: transient, retried
+        try:
+            existing = self._get(obj)
+        except ApiException as exc:
+            if exc.status == 404:  # deleted since the create said it exists
+                raise Transient(f"{obj['kind']} {obj['metadata']['name']} was deleted while being adopted") from exc
+            raise
         if not _owned_by(existing, owner_uid):
             raise NotOwned(f"{obj['kind']} {obj['metadata']['name']!r} already exists and is not owned by this RLHFJob;"
                            " delete it or rename the RLHFJob")
         return False
+
+    def delete(self, obj: dict[str, Any]) -> None:
+        """Delete a child the operator created (gone already is fine)."""
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        try:
+            if obj["kind"] == "ConfigMap":
+                self.core.delete_namespaced_config_map(name, ns, _preload_content=False).release_conn()
+                return
+            group, version, plural = _PLURALS[(obj["apiVersion"], obj["kind"])]
+            self.custom.delete_namespaced_custom_object(group, version, ns, plural, name,
+                                                        _preload_content=False).release_conn()
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     # ------------------------------------------------------------------ reads
 

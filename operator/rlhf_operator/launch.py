@@ -10,9 +10,11 @@ adopts what an earlier run created instead of creating it twice.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any, Optional
 
 import kopf
+from kubernetes.client.rest import ApiException
 from rlhf_api.base import snake_case
 from rlhf_api.contract import check_agent_source, check_reward_source
 from rlhf_api.jobstatus import TERMINAL_PHASES, Phase
@@ -23,24 +25,77 @@ from rlhf_api.workerconfig import REWARD_FILE
 
 from . import status as st
 from .context import OperatorContext
-from .kube import Kube, NotOwned, is_transient
+from .kube import Kube, NotOwned, Refused, answer_of, is_transient
 from .render import code_refs, render, snapshot_configmap_name
 from .writes import note, post, write_status
 
-API_RETRY_SECONDS = 3.0  # retry delay after an API server outage (kopf's default is 60 s)
+log = logging.getLogger(__name__)
+
+API_RETRY_SECONDS = 3.0  # first retry after a transient API error (kopf's default is 60 s); see OperatorConfig
+API_RETRY_MAX_SECONDS = 60.0
+
+
+def retry_delay(retry: int, base: float = API_RETRY_SECONDS, cap: float = API_RETRY_MAX_SECONDS) -> float:
+    """Backoff for the ``retry``-th retry (0 first): base, 2·base, 4·base, ... at most ``cap``."""
+    return min(cap, base * 2 ** min(max(retry, 0), 30))
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        answer = answer_of(exc)
+        return f"{answer.code} {answer.reason}: {answer.message}"[:500]
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _report_degraded(memo: OperatorContext, body: kopf.Body, exc: BaseException, failing_for: float,
+                     retry_in: float) -> None:
+    """Set Degraded=True (and a first phase, Pending, on a job that has none) and post one Event
+    when it turns True. Best effort: the API server is failing already, and retrying goes on."""
+    meta = body["metadata"]
+    generation, error = meta.get("generation"), _error_text(exc)
+    turned: list[str] = []
+
+    def change(job: dict[str, Any]) -> Optional[dict[str, Any]]:
+        fresh = job.get("status") or {}
+        turned.clear()
+        if fresh.get("phase") in TERMINAL_PHASES:
+            return None
+        before = st.get_condition(fresh.get("conditions") or [], st.DEGRADED)
+        conditions = st.api_degraded(list(fresh.get("conditions") or []), error, failing_for, retry_in, generation)
+        fields: dict[str, Any] = {"conditions": conditions}
+        if not fresh.get("phase"):
+            fields.update(phase=Phase.Pending.value, reason=st.TRANSIENT_API_ERRORS,
+                          message=st.get_condition(conditions, st.DEGRADED)["message"])
+        if before is None or before.get("status") != "True":
+            turned.append(st.get_condition(conditions, st.DEGRADED)["message"])
+        return fields
+    try:
+        write_status(memo, meta["namespace"], meta["name"], change, body)
+        if turned:
+            post(memo, body, [("Warning", st.TRANSIENT_API_ERRORS, turned[0])])
+    except Exception as err:  # noqa: BLE001 -- the report is secondary; the retry is what matters
+        log.warning("could not report API errors on %s/%s: %s", meta["namespace"], meta["name"], err)
 
 
 def retry_api_outages(handler):
-    """Retry a handler soon when the API server was unreachable or overloaded, instead of after
-    kopf's default minute: nothing was lost, the handler is idempotent."""
+    """Retry a handler with backoff when the API server failed transiently (kube.is_transient):
+    soon at first instead of after kopf's default minute, then less and less often; nothing was
+    lost, the handler is idempotent. Failing for longer than ``api_degraded_seconds`` sets the
+    job's Degraded condition, so the retrying is never silent; the handler's next success clears it."""
     @functools.wraps(handler)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return handler(*args, **kwargs)
         except Exception as exc:
-            if is_transient(exc):
-                raise kopf.TemporaryError(f"Kubernetes API unavailable: {exc}", delay=API_RETRY_SECONDS) from exc
-            raise
+            if not is_transient(exc):
+                raise
+            memo, runtime = kwargs.get("memo"), kwargs.get("runtime")
+            cfg = getattr(memo, "cfg", None)
+            delay = retry_delay(int(kwargs.get("retry") or 0), getattr(cfg, "api_retry_seconds", API_RETRY_SECONDS),
+                                getattr(cfg, "api_retry_max_seconds", API_RETRY_MAX_SECONDS))
+            if cfg is not None and runtime is not None and runtime.total_seconds() >= cfg.api_degraded_seconds:
+                _report_degraded(memo, kwargs["body"], exc, runtime.total_seconds(), delay)
+            raise kopf.TemporaryError(f"Kubernetes API unavailable: {exc}", delay=delay) from exc
     return wrapper
 
 
@@ -106,6 +161,30 @@ def _fail(memo: OperatorContext, body: kopf.Body, reason: str, message: str) -> 
     post(memo, body, [("Warning", reason, message)])
 
 
+def _refused(memo: OperatorContext, body: kopf.Body, exc: Refused, owned: list[dict[str, Any]]) -> None:
+    """End the job: the API server refused a child for good (status.refusal says why and how
+    to fix it). What this attempt created or adopted is deleted, since the job will never use
+    it; all of it is owned by the job, so garbage collection removes what a failed delete leaves."""
+    meta = body["metadata"]
+    namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
+    verdict = st.refusal(exc.answer, exc.kind, exc.api_version, exc.name, exc.namespace)
+    memo.metrics.children_refused += 1
+    for obj in owned:
+        try:
+            memo.kube.delete(obj)
+        except Exception as err:  # noqa: BLE001 -- owned: the job's deletion collects it
+            log.warning("could not delete %s %s of refused RLHFJob %s/%s: %s", obj["kind"],
+                        obj["metadata"]["name"], namespace, name, err)
+
+    def change(job: dict[str, Any]) -> Optional[dict[str, Any]]:
+        fresh = job.get("status") or {}
+        if fresh.get("phase") in TERMINAL_PHASES:
+            return None
+        return st.refused_status(fresh, verdict, generation)
+    write_status(memo, namespace, name, change, body)
+    post(memo, body, [("Warning", verdict.reason, verdict.message)])
+
+
 def _launched(fresh_job: dict[str, Any], *, rayjob: dict[str, Any], job: RLHFJob,
               generation: Optional[int]) -> dict[str, Any]:
     """The status fields that record a launched RayJob, as a change to ``fresh_job``."""
@@ -113,13 +192,14 @@ def _launched(fresh_job: dict[str, Any], *, rayjob: dict[str, Any], job: RLHFJob
     code_hash = (rayjob["metadata"].get("annotations") or {}).get(CODE_HASH_ANNOTATION)
     fields: dict[str, Any] = {
         "rayJobName": rayjob["metadata"]["name"], "observedGeneration": generation,
-        "conditions": st.set_condition(list(fresh.get("conditions") or []), st.VALIDATED, True, "Valid",
-                                       "spec is valid and the Ray job is launched", generation),
+        "conditions": st.api_recovered(st.set_condition(list(fresh.get("conditions") or []), st.VALIDATED, True,
+                                                        "Valid", "spec is valid and the Ray job is launched",
+                                                        generation), generation),
     }
     if code_hash:
         fields["codeHash"] = code_hash
     # Only a job that has not moved on yet gets its first phase; the RayJob mirror owns it after.
-    if not fresh.get("phase") or fresh.get("reason") == st.CODE_NOT_FOUND:
+    if not fresh.get("phase") or fresh.get("reason") in st.PRE_LAUNCH_REASONS:
         if rayjob["spec"].get("suspend"):
             reason = "Suspended" if job.spec.suspend else "WaitingForAdmission"
             fields.update(phase=Phase.Suspended.value, reason=reason, message="RayJob created suspended")
@@ -154,14 +234,19 @@ def launch(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Pa
         raise kopf.TemporaryError(str(exc), delay=memo.cfg.code_retry_seconds)
 
     objects = render(job, sources, memo.options)
-    created = []
+    created: list[str] = []
+    owned: list[dict[str, Any]] = []  # created or adopted by this attempt
     try:
         for obj in objects:
             if memo.kube.create_or_adopt(obj, uid):
                 created.append(f"{obj['kind']} {obj['metadata']['name']}")
+            owned.append(obj)
     except NotOwned as exc:
         _fail(memo, body, st.CHILD_CONFLICT, str(exc))
         raise kopf.PermanentError(str(exc))
+    except Refused as exc:
+        _refused(memo, body, exc, owned)
+        raise kopf.PermanentError(f"the API server refused {exc}") from None
 
     rayjob = objects[-1]
     launched = functools.partial(_launched, rayjob=rayjob, job=job, generation=generation)
@@ -223,5 +308,5 @@ def spec_changed(body: kopf.Body, old: Optional[dict], new: Optional[dict], meta
         if frozen or (validated is not None and validated.get("status") == "False"
                       and validated.get("reason") in (st.SPEC_IMMUTABLE, st.VALIDATION_FAILED)):
             conditions = st.set_condition(conditions, st.VALIDATED, *verdict, generation)
-        return {"conditions": conditions, "observedGeneration": generation}
+        return {"conditions": st.api_recovered(conditions, generation), "observedGeneration": generation}
     write_status(memo, namespace, name, change, body)
