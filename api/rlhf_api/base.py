@@ -13,6 +13,7 @@ from pydantic.alias_generators import to_camel
 CEL = "x-cel"  # list of {"rule", "message"} attached to an object's schema
 INT_OR_STRING = "x-int-or-string"
 FREE_FORM = "x-free-form"
+RAW_SCHEMA = "x-raw-schema"  # an OpenAPI schema given as is (the core Kubernetes types)
 
 # A Kubernetes resource quantity: a non-negative decimal with an optional SI/binary suffix or exponent.
 QUANTITY = re.compile(r"^\+?(\d+\.?\d*|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")

@@ -3,12 +3,25 @@ pods' resources, env and volumes, and what the operator and KubeRay reserve in t
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import Field, field_validator
 
-from .base import DNS_LABEL, FREE_FORM, INT_OR_STRING, QUANTITY, SpecModel
+from .base import CEL, DNS_LABEL, FREE_FORM, INT_OR_STRING, RAW_SCHEMA, QUANTITY, SpecModel
+from .k8s import (EXTENDED_RESOURCE, EXTENDED_RESOURCE_CEL, LABEL_VALUE, check_annotations, check_extended_resource,
+                  check_labels, volume_source_problems)
+from .k8s_volumes import VOLUME_SOURCE_SCHEMAS
 from .names import KUBERAY_ENV, OPERATOR_ENV, RESERVED_MOUNTS, RESERVED_VOLUMES
+
+# The CRD types a volume source as the core types it may be, exactly one of them.
+VOLUME_SOURCE_SCHEMA = {RAW_SCHEMA: {"type": "object", "properties": VOLUME_SOURCE_SCHEMAS,
+                                     "minProperties": 1, "maxProperties": 1}}
+LABEL_VALUES = {"additionalProperties": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE}}
+# A mount path in the form the kubelet compares: absolute, no empty, '.' or '..' component, no trailing '/'.
+MOUNT_PATH = r"^(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+))+$"
+RESERVED_MOUNT_CEL = (f"!{sorted(RESERVED_MOUNTS)}.exists(p, self == p || self.startsWith(p + '/'))"
+                      .replace('"', "'"))
 
 
 def check_volume_source(source: dict[str, Any]) -> None:
@@ -20,13 +33,28 @@ def check_volume_source(source: dict[str, Any]) -> None:
     if kind not in ALLOWED_VOLUME_TYPES:
         raise ValueError(f"volume type {kind!r} is not allowed for pods under the restricted Pod Security Standard;"
                          f" use one of {', '.join(sorted(ALLOWED_VOLUME_TYPES))}")
+    for problem in volume_source_problems(source):
+        raise ValueError(problem)
 
 
+def check_mount_path(path: str) -> str:
+    """A path the operator does not mount itself, in the one spelling the kubelet compares."""
+    if not re.search(MOUNT_PATH, path):
+        raise ValueError(f"must be an absolute path without a trailing '/' or empty, '.' or '..' parts (got {path!r})")
+    return check_reserved_path(path)
 
+
+def check_reserved_path(path: str) -> str:
+    for reserved in sorted(RESERVED_MOUNTS):
+        if path.rstrip("/") == reserved:
+            raise ValueError(f"the operator mounts {reserved} in every pod; mount elsewhere (got {path})")
+        if path.startswith(reserved + "/"):
+            raise ValueError(f"is under {reserved}, which the operator mounts in every pod; mount elsewhere (got {path})")
+    return path
 
 Quantity = Annotated[
     Union[int, str],
-    Field(json_schema_extra={INT_OR_STRING: True}),
+    Field(json_schema_extra={INT_OR_STRING: True, "pattern": QUANTITY.pattern, "minimum": 0}),
 ]
 
 
@@ -48,19 +76,37 @@ class GroupSpec(SpecModel):
     gpus: Annotated[int, Field(default=0, ge=0, le=64, description="GPUs per pod.")] = 0
     cpu: Annotated[Optional[Quantity], Field(default=None, description="CPU per pod, e.g. 8 or 500m; the request and the limit, from which Ray's num-cpus follows. Default: 4 per GPU, 2 for a pod without GPUs.")] = None
     memory: Annotated[Optional[Quantity], Field(default=None, description="Memory per pod, e.g. 64Gi; the request and the limit (half of it is /dev/shm's limit). Default: 32Gi per GPU, 8Gi for a pod without GPUs.")] = None
-    gpu_resource_name: Annotated[str, Field(default="nvidia.com/gpu", description="Extended resource name for GPUs.")] = "nvidia.com/gpu"
-    node_selector: Annotated[dict[str, str], Field(default_factory=dict, description="Node labels the pods must match.")]
+    gpu_resource_name: Annotated[str, Field(default="nvidia.com/gpu", description="Extended resource name for GPUs.", json_schema_extra={
+        "pattern": EXTENDED_RESOURCE, "maxLength": 317,
+        CEL: [{"rule": EXTENDED_RESOURCE_CEL, "message": "must be an extended resource name such as nvidia.com/gpu"}]})] = "nvidia.com/gpu"
+    node_selector: Annotated[dict[str, str], Field(default_factory=dict, description="Node labels the pods must match.",
+                                                   json_schema_extra=LABEL_VALUES)]
     tolerations: Annotated[
         list[dict[str, Any]], Field(default_factory=list, description="Pod tolerations.", json_schema_extra={FREE_FORM: True}),
     ]
     affinity: Annotated[Optional[dict[str, Any]], Field(default=None, description="Pod affinity.", json_schema_extra={FREE_FORM: True})] = None
-    labels: Annotated[dict[str, str], Field(default_factory=dict, description="Extra pod labels.")]
+    labels: Annotated[dict[str, str], Field(default_factory=dict, description="Extra pod labels.", json_schema_extra=LABEL_VALUES)]
     annotations: Annotated[dict[str, str], Field(default_factory=dict, description="Extra pod annotations.")]
 
     @field_validator("cpu", "memory", mode="before")
     @classmethod
     def _quantity(cls, value: Any, info: Any) -> Optional[str]:
         return _check_quantity(value, info.field_name)
+
+    @field_validator("labels", "node_selector")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_labels(value)
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_annotations(value)
+
+    @field_validator("gpu_resource_name")
+    @classmethod
+    def _gpu_resource(cls, value: str) -> str:
+        return check_extended_resource(value)
 
 
 class EnvVar(SpecModel):
@@ -72,10 +118,16 @@ class ExtraVolume(SpecModel):
     """A volume mounted into every pod (models and data on a PVC, for example)."""
 
     name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="Volume name.")]
-    mount_path: Annotated[str, Field(pattern=r"^/", description="Where it is mounted.")]
+    mount_path: Annotated[str, Field(description="Where it is mounted.", json_schema_extra={
+        "pattern": MOUNT_PATH, "maxLength": 4096, CEL: [{"rule": RESERVED_MOUNT_CEL, "message": "is mounted by the operator in every pod; pick another path"}]})]
     read_only: Annotated[bool, Field(default=True, description="Mount read-only.")] = True
     source: Annotated[dict[str, Any], Field(description="A Kubernetes volume source, e.g. {persistentVolumeClaim: {claimName: models}}.",
-                                            json_schema_extra={FREE_FORM: True})]
+                                            json_schema_extra=VOLUME_SOURCE_SCHEMA)]
+
+    @field_validator("mount_path")
+    @classmethod
+    def _mount_path(cls, value: str) -> str:
+        return check_mount_path(value)
 
     @field_validator("source")
     @classmethod
@@ -111,8 +163,6 @@ class ClusterSpec(SpecModel):
                 raise ValueError(f"[{i}].name: {volume.name!r} is used by the operator; pick another name")
             if volume.name in names[:i]:
                 raise ValueError(f"[{i}].name: {volume.name!r} is given twice")
-            if volume.mount_path.rstrip("/") in RESERVED_MOUNTS:
-                raise ValueError(f"[{i}].mountPath: {volume.mount_path} is used by the operator; mount elsewhere")
         return volumes
 
     @field_validator("env")

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from . import names as s
-from .base import CEL, FREE_FORM, INT_OR_STRING
+from .base import CEL, FREE_FORM, INT_OR_STRING, RAW_SCHEMA
 from .jobstatus import RLHFJobStatus
 from .spec import RLHFJobSpec
 
@@ -27,6 +27,7 @@ _DROP = {"title", "examples"}
 # list or map) far below its limits for the immutability rules that compare sub-objects.
 MAX_ITEMS = 256
 _OPTIONAL = "x-rlhf-optional"  # internal marker, removed before output
+_RAW = "x-rlhf-raw"  # internal marker: a core type's schema, taken as it is
 _STRUCTURAL_FORBIDDEN = {"$ref", "$defs", "definitions", "const", "oneOf", "allOf", "not", "additionalItems", "patternProperties", "dependencies", "prefixItems"}
 
 
@@ -46,6 +47,13 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
     """Rewrite one resolved pydantic schema node into a structural OpenAPI v3 node."""
     node = {k: v for k, v in node.items() if k not in _DROP}
 
+    if RAW_SCHEMA in node:
+        raw = copy.deepcopy(node[RAW_SCHEMA])
+        raw[_RAW] = raw[_OPTIONAL] = True  # never defaulted to {}: a source is given whole or not at all
+        if "description" in node:
+            raw["description"] = node["description"]
+        return raw
+
     if node.pop(FREE_FORM, False):
         out: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
         if "description" in node:
@@ -61,8 +69,9 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
 
     if node.pop(INT_OR_STRING, False):
         out = {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}
-        if "description" in node:
-            out["description"] = node["description"]
+        for key in ("description", "pattern", "minimum"):
+            if key in node:
+                out[key] = node[key]
         return out
 
     if "anyOf" in node:
@@ -128,6 +137,9 @@ def _fill_object_defaults(node: dict[str, Any]) -> None:
     The API server applies defaults top-down, so ``algorithm: {}`` (or absent) still ends up
     with every nested default — which is what the CEL rules that read those fields need.
     """
+    if node.pop(_RAW, False):
+        node.pop(_OPTIONAL, None)
+        return
     for name, child in (node.get("properties") or {}).items():
         # Optional sections (reward, agent…) stay absent; sections the model always has get {}.
         if child.get("type") == "object" and child.get("properties") and "default" not in child \

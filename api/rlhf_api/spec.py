@@ -21,8 +21,9 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from .base import CEL, DNS_LABEL, FREE_FORM, SpecModel, snake_case
-from .cluster import ClusterSpec, check_volume_source
+from .base import CEL, DNS_LABEL, SpecModel, snake_case
+from .cluster import RESERVED_MOUNT_CEL, VOLUME_SOURCE_SCHEMA, ClusterSpec, check_reserved_path, check_volume_source
+from .k8s import as_the_api_server_decodes
 from .contract import check_agent_source, check_reward_source
 from .names import API_VERSION, KIND
 
@@ -190,7 +191,8 @@ class DataSpec(SpecModel):
         Optional[str], Field(default=None, description="Field passed to reward_func as labels (OpenRLHF --label_key)."),
     ] = None
     input_template: Annotated[
-        Optional[str], Field(default=None, description="Template with one {} for the prompt (OpenRLHF --input_template)."),
+        Optional[str], Field(default=None, description="Template with one {} for the prompt (OpenRLHF --input_template).",
+                             json_schema_extra={"pattern": r"\{\}"}),
     ] = None
     apply_chat_template: Annotated[bool, Field(default=False, description="Wrap prompts with the tokenizer's chat template.")] = False
     max_samples: Annotated[Optional[int], Field(default=None, ge=1, description="Use at most this many prompts.")] = None
@@ -351,14 +353,20 @@ class TrainingSpec(SpecModel):
 class CheckpointSpec(SpecModel):
     """Checkpoints: where, how often, how many. A path that already holds one is resumed from."""
 
-    path: Annotated[str, Field(default="/checkpoints", min_length=1, max_length=4096, description="Directory for checkpoints and the final model.")] = "/checkpoints"
+    path: Annotated[str, Field(default="/checkpoints", min_length=1, max_length=4096, description="Directory for checkpoints and the final model.",
+                               json_schema_extra={CEL: [{"rule": RESERVED_MOUNT_CEL, "message": "is mounted by the operator in every pod; pick another path"}]})] = "/checkpoints"
     save_steps: Annotated[int, Field(default=-1, ge=-1, description="Save every N steps (-1: only at the end).")] = -1
     max_keep: Annotated[int, Field(default=3, ge=1, le=1000, description="Checkpoints to keep.")] = 3
     volume: Annotated[
         Optional[dict[str, Any]],
         Field(default=None, description="A Kubernetes volume source mounted at path, e.g. {persistentVolumeClaim: {claimName: ckpt}}.",
-              json_schema_extra={FREE_FORM: True}),
+              json_schema_extra=VOLUME_SOURCE_SCHEMA),
     ] = None
+
+    @field_validator("path")
+    @classmethod
+    def _not_the_operators(cls, value: str) -> str:
+        return check_reserved_path(value)
 
     @field_validator("volume")
     @classmethod
@@ -400,6 +408,11 @@ class RLHFJobSpec(SpecModel):
                 "rule": "!self.algorithm.dynamicFiltering.enabled || has(self.agent) || (has(self.reward) && !has(self.reward.model))",
                 "message": "dynamicFiltering needs a function, remote or agent reward (reward models give no scores)",
             },
+            {
+                "rule": "!has(self.cluster.volumes) || self.cluster.volumes.all(v, v.mountPath != self.checkpoint.path"
+                        " && v.mountPath + '/' != self.checkpoint.path)",
+                "message": "a cluster.volumes mountPath is checkpoint.path; set checkpoint.volume instead",
+            },
         ] + [
             {"rule": f"has(self.{f}) == has(oldSelf.{f}) && (!has(self.{f}) || self.{f} == oldSelf.{f})",
              "message": f"spec.{f} is immutable: create a new RLHFJob to change it"}
@@ -423,6 +436,12 @@ class RLHFJobSpec(SpecModel):
     ttl_seconds_after_finished: Annotated[
         Optional[int], Field(default=None, ge=0, description="Keep the finished Ray cluster this long before deleting it."),
     ] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _decodable(cls, value: Any) -> Any:
+        # What the API server stores: no NaN, ±inf or integers beyond int64; a null is an unset field.
+        return as_the_api_server_decodes(value)
 
     @model_validator(mode="after")
     def _cross_field(self) -> "RLHFJobSpec":

@@ -62,7 +62,11 @@ def test_status_keeps_kopf_bookkeeping_through_pruning():
 
 def test_free_form_parts_preserve_unknown_fields():
     spec = schema()["properties"]["spec"]["properties"]
-    assert spec["checkpoint"]["properties"]["volume"]["x-kubernetes-preserve-unknown-fields"] is True
+    # Volume sources are typed as the core types they are, one of them, nothing unknown kept.
+    for volume in (spec["checkpoint"]["properties"]["volume"], spec["cluster"]["properties"]["volumes"]["items"]["properties"]["source"]):
+        assert "x-kubernetes-preserve-unknown-fields" not in volume
+        assert volume["properties"]["persistentVolumeClaim"]["required"] == ["claimName"]
+        assert (volume["minProperties"], volume["maxProperties"]) == (1, 1)
     tolerations = spec["cluster"]["properties"]["trainer"]["properties"]["tolerations"]
     assert tolerations["items"]["x-kubernetes-preserve-unknown-fields"] is True
     assert spec["cluster"]["properties"]["head"]["properties"]["cpu"]["x-kubernetes-int-or-string"] is True
