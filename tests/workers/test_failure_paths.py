@@ -165,3 +165,34 @@ def test_cleanup_kills_the_processes_of_a_killed_run_and_spares_a_live_one(tmp_p
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+# --------------------------------------------------------------------------- the head pod's preStop hook
+
+
+def test_stop_driver_sigterms_the_driver_of_its_config_and_waits_for_it(tmp_path):
+    """``python -m rlhf_workers --stop-driver`` (a preStop hook) signals only the driver of the same config."""
+    done_file = tmp_path / "checkpointed"
+    fake = ("import signal, sys, time\n"
+            "def stop(*_):\n"
+            "    time.sleep(1.5)  # the step and the checkpoint\n"
+            f"    open({str(done_file)!r}, 'w').close()\n"
+            "    sys.exit(143)\n"
+            "signal.signal(signal.SIGTERM, stop)\n"
+            "time.sleep(120)\n")
+    config, other = str(tmp_path / "worker.json"), str(tmp_path / "other.json")
+    driver = subprocess.Popen([sys.executable, "-c", fake, "-m", "rlhf_workers", "--config", config])
+    bystander = subprocess.Popen([sys.executable, "-c", fake, "-m", "rlhf_workers", "--config", other])
+    try:
+        time.sleep(1.0)
+        started = time.monotonic()
+        stop = subprocess.run([sys.executable, "-m", "rlhf_workers", "--stop-driver", "--config", config],
+                              capture_output=True, text=True, timeout=60)
+        assert stop.returncode == 0, stop.stderr
+        assert done_file.exists() and time.monotonic() - started >= 1.5  # it waited for the checkpoint
+        assert driver.wait(timeout=5) == 143 and bystander.poll() is None
+    finally:
+        for p in (driver, bystander):
+            if p.poll() is None:
+                p.kill()
+                p.wait()

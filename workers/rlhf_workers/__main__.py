@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Optional, Sequence
 
 
@@ -26,7 +27,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--config", default=os.environ.get(ENV_CONFIG, f"{CONFIG_DIR}/{CONFIG_FILE}"),
                         help="the worker config (default: $RLHF_CONFIG or %(default)s)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    parser.add_argument("--stop-driver", action="store_true",
+                        help="send SIGTERM to the driver running --config and wait until it has checkpointed and "
+                             "exited (the head pod's preStop hook: Kubernetes signals only PID 1, a shell)")
     args = parser.parse_args(argv)
+    if args.stop_driver:
+        return stop_driver(args.config)
 
     config = WorkerConfig.load(args.config)
     logging.basicConfig(level=config.spec.logging.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -69,6 +75,43 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     log.info("finished %d steps; final model in %s", result.steps, result.final_model)
     return 0
+
+
+def _drivers(config: str) -> list[int]:
+    """Processes running ``python -m rlhf_workers --config CONFIG`` (not a ``--stop-driver`` like this one)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "rlhf_workers" in args and "--stop-driver" not in args and "--config" in args and \
+                args.index("--config") + 1 < len(args) and args[args.index("--config") + 1] == config:
+            found.append(int(entry.name))
+    return found
+
+
+def stop_driver(config: str, poll_s: float = 0.5) -> int:
+    """SIGTERM the driver of ``config``: it ends after its current step with a checkpoint; wait for it."""
+    pids = _drivers(config)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    print(f"rlhf_workers: asked {len(pids)} driver(s) to checkpoint and stop: {pids}", file=sys.stderr)
+    while any(Path(f"/proc/{pid}").exists() and _running(pid) for pid in pids):
+        time.sleep(poll_s)  # the pod's terminationGracePeriodSeconds bounds this wait
+    return 0
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _linger(progress, seconds: float, log: logging.Logger) -> None:
