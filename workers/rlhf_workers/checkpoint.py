@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -40,6 +41,7 @@ STATE_FILE = "state.json"
 MANIFEST_FILE = "manifest.json"
 PARTIAL_PREFIX = ".partial-"
 CORRUPT_PREFIX = ".corrupt-"
+HASH_THREADS = 8
 
 
 def tag_for(step: int) -> str:
@@ -88,10 +90,13 @@ def _fsync(path: Path) -> None:
 
 def write_manifest(directory: Path) -> dict[str, Any]:
     """Record size and sha256 of every file under ``directory`` in its manifest (written last, atomically)."""
-    files = {}
-    for path in _files(directory):
+    paths = _files(directory)
+    for path in paths:
         _fsync(path)
-        files[path.relative_to(directory).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    with ThreadPoolExecutor(HASH_THREADS) as pool:  # hashlib releases the GIL: ranks' files hash in parallel
+        digests = list(pool.map(_sha256, paths))
+    files = {path.relative_to(directory).as_posix(): {"size": path.stat().st_size, "sha256": digest}
+             for path, digest in zip(paths, digests)}
     manifest = {"version": 1, "files": files}
     tmp = directory / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
@@ -114,15 +119,19 @@ def verify(directory: Path) -> Checkpoint:
         raise CheckpointError(f"{directory}: no {MANIFEST_FILE} (the save did not finish)") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{manifest_path}: unreadable manifest ({exc})") from None
-    for name, want in files.items():
+    for name, want in files.items():  # sizes first: a truncated file is found without reading anything
         path = directory / name
         if not path.is_file():
             raise CheckpointError(f"{path}: missing")
         size = path.stat().st_size
         if size != want["size"]:
             raise CheckpointError(f"{path}: {size} bytes, {want['size']} when saved (truncated or rewritten)")
-        if _sha256(path) != want["sha256"]:
-            raise CheckpointError(f"{path}: contents differ from when saved (sha256 mismatch)")
+    names = list(files)
+    with ThreadPoolExecutor(HASH_THREADS) as pool:
+        digests = list(pool.map(lambda name: _sha256(directory / name), names))
+    for name, digest in zip(names, digests):
+        if digest != files[name]["sha256"]:
+            raise CheckpointError(f"{directory / name}: contents differ from when saved (sha256 mismatch)")
     if STATE_FILE not in files:
         raise CheckpointError(f"{directory / STATE_FILE}: missing")
     return _read_state(directory)
