@@ -151,6 +151,9 @@ def _set_validated(memo: OperatorContext, body: kopf.Body, ok: bool, reason: str
         }
         if phase is not None and fresh.get("phase") in (None, Phase.Pending.value):
             fields.update(phase=phase, reason=reason, message=message)
+            if phase == Phase.Failed.value:  # a Failed phase has its Failed condition
+                fields["conditions"] = st.phase_conditions(fields["conditions"], st.Verdict(phase, reason, message),
+                                                           generation)
         return fields
     write_status(memo, meta["namespace"], meta["name"], change, body)
 
@@ -161,20 +164,25 @@ def _fail(memo: OperatorContext, body: kopf.Body, reason: str, message: str) -> 
     post(memo, body, [("Warning", reason, message)])
 
 
-def _refused(memo: OperatorContext, body: kopf.Body, exc: Refused, owned: list[dict[str, Any]]) -> None:
-    """End the job: the API server refused a child for good (status.refusal says why and how
-    to fix it). What this attempt created or adopted is deleted, since the job will never use
-    it; all of it is owned by the job, so garbage collection removes what a failed delete leaves."""
-    meta = body["metadata"]
-    namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
-    verdict = st.refusal(exc.answer, exc.kind, exc.api_version, exc.name, exc.namespace)
-    memo.metrics.children_refused += 1
+def _remove(memo: OperatorContext, owned: list[dict[str, Any]], namespace: str, name: str) -> None:
+    """Delete the children a launch that cannot finish created or adopted: the job, Failed, will
+    never use them. All are owned by the job, so garbage collection takes what a failed delete leaves."""
     for obj in owned:
         try:
             memo.kube.delete(obj)
         except Exception as err:  # noqa: BLE001 -- owned: the job's deletion collects it
-            log.warning("could not delete %s %s of refused RLHFJob %s/%s: %s", obj["kind"],
+            log.warning("could not delete %s %s of failed RLHFJob %s/%s: %s", obj["kind"],
                         obj["metadata"]["name"], namespace, name, err)
+
+
+def _refused(memo: OperatorContext, body: kopf.Body, exc: Refused, owned: list[dict[str, Any]]) -> None:
+    """End the job: the API server refused a child for good (status.refusal says why and how
+    to fix it); what this attempt created or adopted is removed."""
+    meta = body["metadata"]
+    namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
+    verdict = st.refusal(exc.answer, exc.kind, exc.api_version, exc.name, exc.namespace)
+    memo.metrics.children_refused += 1
+    _remove(memo, owned, namespace, name)
 
     def change(job: dict[str, Any]) -> Optional[dict[str, Any]]:
         fresh = job.get("status") or {}
@@ -242,6 +250,7 @@ def launch(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Pa
                 created.append(f"{obj['kind']} {obj['metadata']['name']}")
             owned.append(obj)
     except NotOwned as exc:
+        _remove(memo, owned, namespace, name)
         _fail(memo, body, st.CHILD_CONFLICT, str(exc))
         raise kopf.PermanentError(str(exc))
     except Refused as exc:

@@ -310,6 +310,9 @@ def refusal(answer: ApiAnswer, kind: str, api_version: str, name: str, namespace
         return Verdict(Phase.Failed.value, KUBERAY_NOT_INSTALLED,
                        f"KubeRay is not installed: the RayJob kind {api_version} is unknown to this cluster;"
                        f" install the KubeRay operator with its CRDs, {again} ({quoted})")
+    if answer.code == 403 and "being terminated" in text:
+        return Verdict(Phase.Failed.value, CHILD_REFUSED,
+                       f"namespace {namespace} is being deleted, and {what} with it ({quoted})")
     if answer.code == 403 and "exceeded quota" in text:
         return Verdict(Phase.Failed.value, CHILD_FORBIDDEN,
                        f"a ResourceQuota in namespace {namespace} refuses {what}: raise the quota or free what it"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from k8s_schemas import crd_errors
-from support.operator_env import JOBS, NS, RAYJOBS, conditions, job_status, reasons, rlhfjob, wait_phase
+from support.operator_env import NS, RAYJOBS, conditions, job_status, reasons, rlhfjob, wait_phase
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "rlhf.dev_rlhfjobs.yaml"
 RAYJOBS_PATH = f"/apis/ray.io/v1/namespaces/{NS}/rayjobs"
@@ -26,6 +26,12 @@ def status_answer(code, reason, message):
 
 def posts(kube, path):
     return sum(1 for r in kube.requests if r.method == "POST" and r.url.path == path)
+
+
+def status_errors(kube):
+    """What the CRD's schema says of the job's stored status (on a valid spec, to judge the status alone)."""
+    job = {**rlhfjob(), "status": job_status(kube)}
+    return crd_errors(job, CRD, "v1alpha1")
 
 
 def rayjobs(kube):
@@ -53,7 +59,7 @@ def assert_refused_and_cleaned_up(kube, reason, *words):
         assert word in status["message"] and word in failed["message"] and word in event["message"]
     assert kube.list("v1/configmaps", NS, label_selector=SNAPSHOTS) == []
     assert rayjobs(kube) == []
-    assert crd_errors(kube.get(JOBS, "demo", NS), CRD, "v1alpha1") == []
+    assert status_errors(kube) == []
     tried = posts(kube, RAYJOBS_PATH)
     time.sleep(1.0)  # kopf's own retries of a failed handler start after 0.1 s in the tests
     assert posts(kube, RAYJOBS_PATH) == tried and job_status(kube)["phase"] == "Failed"
@@ -129,7 +135,7 @@ def test_transient_errors_are_retried_with_backoff_and_the_degraded_condition_sa
     assert recovered["reason"] == "APIRecovered" and conditions(status)["Validated"]["status"] == "True"
     assert len(kube.list(RAYJOBS, NS)) == 1 and len(kube.list("v1/configmaps", NS, label_selector=SNAPSHOTS)) == 1
     assert len(kube.events(NS, involved_name="demo", reason="TransientAPIErrors")) == 1
-    assert crd_errors(kube.get(JOBS, "demo", NS), CRD, "v1alpha1") == []
+    assert status_errors(kube) == []
 
 
 @pytest.mark.parametrize("api_reason", ["Conflict", "AlreadyExists"])
@@ -140,3 +146,17 @@ def test_a_conflict_on_create_is_retried_not_fatal(kube, operator, api_reason):
     kube.create(rlhfjob())
     wait_phase(kube, "Pending", "RayJobCreated")
     assert len(kube.list(RAYJOBS, NS)) == 1 and "Degraded" not in conditions(job_status(kube))
+
+
+@pytest.mark.parametrize("case", ["invalid spec", "name taken"])
+def test_every_failed_launch_has_its_failed_condition_and_leaves_no_snapshot(kube, operator, case):
+    if case == "name taken":
+        kube.create({"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "demo", "namespace": NS},
+                     "spec": {"entrypoint": "python other.py"}})
+    operator.start()
+    kube.create(rlhfjob(spec={"model": {"path": "/m"}}) if case == "invalid spec" else rlhfjob())
+    reason = "ValidationFailed" if case == "invalid spec" else "ChildConflict"
+    status = wait_phase(kube, "Failed", reason)
+    assert (conditions(status)["Failed"]["status"], conditions(status)["Failed"]["reason"]) == ("True", reason)
+    assert kube.list("v1/configmaps", NS, label_selector=SNAPSHOTS) == []
+    assert status_errors(kube) == []

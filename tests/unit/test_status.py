@@ -226,6 +226,9 @@ def answer(code, reason="", message="", details_kind=""):
      "RayJob", "ChildForbidden", ["allow its service account to create rayjobs.ray.io", "cannot create"]),
     (answer(403, "Forbidden", 'configmaps "demo-config" is forbidden: exceeded quota: q, requested: count/configmaps=1'),
      "ConfigMap", "ChildForbidden", ["a ResourceQuota in namespace team-a", "exceeded quota: q"]),
+    (answer(403, "Forbidden", 'rayjobs.ray.io "demo" is forbidden: unable to create new content in namespace team-a'
+                              ' because it is being terminated'), "RayJob", "ChildRefused",
+     ["namespace team-a is being deleted", "being terminated"]),
     (answer(422, "Invalid", 'RayJob.ray.io "demo" is invalid: spec.entrypoint: Required value'), "RayJob",
      "ChildInvalid", ["found RayJob demo invalid", "spec.entrypoint: Required value"]),
     (answer(413, "RequestEntityTooLarge", "Request entity too large: limit is 3145728"), "RayJob", "ChildTooLarge",
@@ -241,7 +244,7 @@ def answer(code, reason="", message="", details_kind=""):
 def test_a_refused_child_fails_the_job_with_the_fix_and_the_api_servers_words(refused, kind, reason, words):
     verdict = st.refusal(refused, kind, "ray.io/v1" if kind == "RayJob" else "v1", "demo", "team-a")
     assert (verdict.phase, verdict.reason) == ("Failed", reason)
-    assert "then delete and re-create this RLHFJob" in verdict.message
+    assert "then delete and re-create this RLHFJob" in verdict.message or "being deleted" in verdict.message
     for word in words:
         assert word in verdict.message
 
