@@ -38,6 +38,7 @@ from support import kuberay
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = "/mnt/podview"  # the test's window into the pod: logs, reports, exit codes
+KEEP = "/mnt/podview-keep"  # where trees wait while a tmpfs covers their parent
 IMAGE_WORKDIR = "/home/ray"
 
 
@@ -131,17 +132,21 @@ class HeadPod:
             if mount.get("readOnly"):
                 self._sh(f"mount -o remount,bind,ro {path}")
 
-    def _python_home(self) -> None:
-        """The venv's interpreter lives under /root (mode 700 here; in the image it is /usr):
-        a tmpfs over /root with only that tree bound back, so the non-root user can run it."""
-        needed = [p for p in {os.path.realpath(sys.base_prefix), str(ROOT)} if p.startswith("/root/")]
-        if not needed:
-            return
-        for i, path in enumerate(needed):
-            self._sh(f"mkdir -p $STAGE/root{i}", f"mount --bind {path} $STAGE/root{i}")
-        self._sh("mount -t tmpfs -o mode=755 tmpfs /root")
-        for i, path in enumerate(needed):
-            self._sh(f"mkdir -p {path}", f"mount --bind $STAGE/root{i} {path}")
+    def _cover(self, directory: str, options: str, tops: set[str]) -> None:
+        """A fresh tmpfs over ``directory`` (the pod's own /tmp; a /root the non-root user may
+        enter), with the trees the pod's Python needs bound back beneath it: the interpreter
+        (under /root here, /usr in the image), the venv and the checkout, wherever the machine
+        keeps them (a CI clone may sit under /tmp)."""
+        needed = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, str(ROOT))}
+        keep = sorted(p for p in needed if p.startswith(directory + "/"))
+        keep = [p for p in keep if not any(p.startswith(q + "/") for q in keep)]  # outermost only
+        name = directory.strip("/")
+        for i, path in enumerate(keep):
+            self._mount_point(f"{KEEP}/{name}{i}", tops)
+            self._sh(f"mount --bind {path} {KEEP}/{name}{i}")
+        self._sh(f"mount -t tmpfs -o {options} tmpfs {directory}")
+        for i, path in enumerate(keep):
+            self._sh(f"mkdir -p {path}", f"mount --bind {KEEP}/{name}{i} {path}")
 
     def build(self) -> Path:
         group, pod, container = self._head()
@@ -159,8 +164,8 @@ class HeadPod:
         names = [f"{service}.{self.namespace}.svc.{kuberay.CLUSTER_DOMAIN}", f"{service}.{self.namespace}.svc", service,
                  kuberay.rayjob_head_service_name(self.rayjob["metadata"]["name"]) + f".{self.namespace}.svc"]
         self._sh(f"echo '127.0.0.1 {' '.join(names)}' >> /etc/hosts")
-        self._python_home()
-        self._sh("mount -t tmpfs -o mode=1777 tmpfs /tmp")
+        self._cover("/root", "mode=755", tops)
+        self._cover("/tmp", "mode=1777", tops)
         (self.results / "pod.sh").write_text(self._pod_script(group, container))
         self._sh(f"cd {IMAGE_WORKDIR}",
                  f"exec setpriv --reuid={uid} --regid={gid} --clear-groups --inh-caps=-all "
