@@ -280,7 +280,7 @@ def _paths(value: Any, path: tuple = ()) -> list[tuple]:
 def mutate(rng: random.Random, spec: dict[str, Any]) -> dict[str, Any]:
     """One to three changes at random places: a new value, a removed or an unknown field."""
     spec = copy.deepcopy(spec)
-    for _ in range(rng.randint(1, 3)):
+    for _ in range(rng.choice([1, 1, 2, 3])):
         path = rng.choice(_paths(spec)[1:])
         parent = spec
         for key in path[:-1]:
@@ -344,7 +344,7 @@ def test_the_examples_are_accepted_by_both():
         assert judge(spec) == {"crd": [], "model": [], "render": []}
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.randoms(use_true_random=False))
 def test_crd_and_model_agree_and_what_they_accept_renders_validly(rng):
     spec = draw_spec(rng)
@@ -355,9 +355,9 @@ def test_crd_and_model_agree_and_what_they_accept_renders_validly(rng):
 
 
 def count(n: int) -> dict[str, Any]:
-    totals = {"drawn": 0, "crd_accepted": 0, "model_accepted": 0, "crd_only": 0, "crd_only_map_keys": 0,
+    totals = {"drawn": 0, "crd_accepted": 0, "model_accepted": 0, "crd_only": 0, "crd_only_by_design": 0,
               "model_only": 0, "render_invalid": 0, "tracebacks": 0}
-    samples: dict[str, list] = {"crd_only": [], "crd_only_map_keys": [], "model_only": [], "tracebacks": [],
+    samples: dict[str, list] = {"crd_only": [], "crd_only_by_design": [], "model_only": [], "tracebacks": [],
                                 "render_invalid": []}
     for seed in range(n):
         spec = draw_spec(random.Random(seed))
@@ -371,7 +371,7 @@ def count(n: int) -> dict[str, Any]:
         totals["crd_accepted"] += not v["crd"]
         totals["model_accepted"] += not v["model"]
         by_design = not v["crd"] and v["model"] and _model_only_by_design(v["model"])
-        for key, hit in (("crd_only", not v["crd"] and v["model"] and not by_design), ("crd_only_map_keys", by_design),
+        for key, hit in (("crd_only", not v["crd"] and v["model"] and not by_design), ("crd_only_by_design", by_design),
                          ("model_only", v["crd"] and not v["model"]),
                          ("render_invalid", bool(v["render"]))):
             if hit:
