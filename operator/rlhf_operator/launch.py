@@ -26,6 +26,7 @@ from rlhf_api.workerconfig import REWARD_FILE
 from . import status as st
 from .context import OperatorContext
 from .kube import Kube, NotOwned, Refused, answer_of, is_transient
+from .preflight import preflight
 from .render import code_refs, render, snapshot_configmap_name
 from .writes import note, post, write_status
 
@@ -242,6 +243,12 @@ def launch(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Pa
         raise kopf.TemporaryError(str(exc), delay=memo.cfg.code_retry_seconds)
 
     objects = render(job, sources, memo.options)
+    problems = preflight(objects)
+    if problems:  # what the API server or KubeRay would refuse: create nothing, and say so
+        too_large = any("Too long" in p for p in problems)
+        _fail(memo, body, st.CHILD_TOO_LARGE if too_large else st.CHILD_INVALID,
+              "; ".join(problems) + "; nothing was created")
+        raise kopf.PermanentError(f"rendered objects would be refused: {problems[0]}")
     created: list[str] = []
     owned: list[dict[str, Any]] = []  # created or adopted by this attempt
     try:

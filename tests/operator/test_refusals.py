@@ -160,3 +160,21 @@ def test_every_failed_launch_has_its_failed_condition_and_leaves_no_snapshot(kub
     assert (conditions(status)["Failed"]["status"], conditions(status)["Failed"]["reason"]) == ("True", reason)
     assert kube.list("v1/configmaps", NS, label_selector=SNAPSHOTS) == []
     assert status_errors(kube) == []
+
+
+def test_a_snapshot_over_the_api_servers_limit_is_refused_before_anything_is_created(kube, operator):
+    """Reward code in a ConfigMap just within the API server's 1 MiB of data, plus the worker
+    config beside it, makes a snapshot over the limit: preflight fails the job, nothing is posted."""
+    operator.start()
+    body = "def reward_func(queries, prompts, labels):\n    return {'rewards': [0.0] * len(queries)}\n"
+    reward = "#" * (1_048_000 - len(body) - 1) + "\n" + body
+    kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big-reward", "namespace": NS},
+                 "data": {"reward_func.py": reward}})
+    spec = rlhfjob()["spec"]
+    spec["reward"] = {"function": {"configMapRef": {"name": "big-reward"}}}
+    kube.create(rlhfjob(spec=spec))
+    status = wait_phase(kube, "Failed", "ChildTooLarge")
+    assert "must have at most 1048576 bytes" in status["message"] and "nothing was created" in status["message"]
+    assert conditions(status)["Failed"]["reason"] == "ChildTooLarge"
+    assert posts(kube, CONFIGMAPS_PATH) == 0 and posts(kube, RAYJOBS_PATH) == 0  # the operator posted nothing
+    warning(kube, "ChildTooLarge")
