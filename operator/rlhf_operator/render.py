@@ -334,6 +334,19 @@ def _pod_template(job: RLHFJob, component: str, group: GroupSpec, container_name
     return {"metadata": meta, "spec": pod}
 
 
+def _head_template(job: RLHFJob, image: str, snapshot: Snapshot, ports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The head pod, whose container runs the driver under KubeRay's ``ray start --block``.
+
+    Kubernetes sends SIGTERM to the container's PID 1, KubeRay's bash, never to the driver; the
+    preStop hook signals the driver itself and waits while it finishes its step and checkpoints
+    (within terminationGracePeriodSeconds), before the pod's processes are stopped.
+    """
+    template = _pod_template(job, "head", job.spec.cluster.head, "ray-head", image, snapshot, ports)
+    template["spec"]["containers"][0]["lifecycle"] = {"preStop": {"exec": {"command": [
+        "python", "-m", "rlhf_workers", "--stop-driver", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"]}}}
+    return template
+
+
 def _submitter_template(job: RLHFJob, image: str, options: RenderOptions) -> dict[str, Any]:
     """KubeRay's submitter pod (K8sJobMode) fills in the command; we make it restricted and small."""
     amounts = {"cpu": options.submitter_cpu, "memory": options.submitter_memory}
@@ -401,7 +414,7 @@ def rayjob(job: RLHFJob, snapshot: Snapshot, digest: Optional[str], options: Ren
             "rayVersion": cluster.ray_version,
             "headGroupSpec": {
                 "rayStartParams": head_params,
-                "template": _pod_template(job, "head", cluster.head, "ray-head", image, snapshot, head_ports),
+                "template": _head_template(job, image, snapshot, head_ports),
             },
             "workerGroupSpecs": groups,
         },

@@ -341,3 +341,14 @@ def test_ray_pods_give_the_driver_time_to_checkpoint_on_sigterm():
     cluster = rendered(job())[-1]["spec"]["rayClusterSpec"]
     pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
     assert pods and all(p["spec"]["terminationGracePeriodSeconds"] == TERMINATION_GRACE_SECONDS >= 300 for p in pods)
+
+
+def test_the_head_stops_its_driver_before_the_pod_is_stopped():
+    """Kubernetes signals PID 1 (KubeRay's bash); the preStop hook signals the driver of the
+    rendered entrypoint's config, which checkpoints within the grace period."""
+    spec = rendered(job())[-1]["spec"]
+    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    command = head["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:4] == ["python", "-m", "rlhf_workers", "--stop-driver"]
+    assert command[-2:] == spec["entrypoint"].split()[-2:] == ["--config", "/etc/rlhf/config/worker.json"]
+    assert head["terminationGracePeriodSeconds"] >= 600
