@@ -13,10 +13,18 @@ from .k8s import (EXTENDED_RESOURCE, EXTENDED_RESOURCE_CEL, LABEL_VALUE, check_a
                   check_labels, volume_source_problems)
 from .k8s_volumes import VOLUME_SOURCE_SCHEMAS
 from .names import KUBERAY_ENV, OPERATOR_ENV, RESERVED_MOUNTS, RESERVED_VOLUMES
+from .secrets import CREDENTIAL_PROJECTIONS, credential_projection_problems
 
 # The CRD types a volume source as the core types it may be, exactly one of them.
+# No projected service-account credentials (see rlhf_api.secrets): the model says the same.
+NO_CREDENTIAL_PROJECTION_CEL = ("!has(self.projected) || !has(self.projected.sources) || self.projected.sources.all(s, "
+                                + " && ".join(f"!has(s.{kind})" for kind in CREDENTIAL_PROJECTIONS) + ")")
 VOLUME_SOURCE_SCHEMA = {RAW_SCHEMA: {"type": "object", "properties": VOLUME_SOURCE_SCHEMAS,
-                                     "minProperties": 1, "maxProperties": 1}}
+                                     "minProperties": 1, "maxProperties": 1,
+                                     "x-kubernetes-validations": [{
+                                         "rule": NO_CREDENTIAL_PROJECTION_CEL,
+                                         "message": "projected service-account tokens and pod certificates are not "
+                                                    "allowed: pods of an RLHFJob run user code"}]}}
 LABEL_VALUES = {"additionalProperties": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE}}
 # A mount path in the form the kubelet compares: absolute, no empty, '.' or '..' component, no trailing '/'.
 MOUNT_PATH = r"^(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+))+$"
@@ -33,7 +41,7 @@ def check_volume_source(source: dict[str, Any]) -> None:
     if kind not in ALLOWED_VOLUME_TYPES:
         raise ValueError(f"volume type {kind!r} is not allowed for pods under the restricted Pod Security Standard;"
                          f" use one of {', '.join(sorted(ALLOWED_VOLUME_TYPES))}")
-    for problem in volume_source_problems(source):
+    for problem in volume_source_problems(source) + credential_projection_problems(source):
         raise ValueError(problem)
 
 
