@@ -6,30 +6,70 @@ It judges with the same spec model as launch and spec_changed (parse_job, immuta
 so a spec it refuses would be refused there too. Code kept in ConfigMaps is checked by launch
 alone, which reads it; without the webhook (no certificates configured) those handlers report
 every error in the job's status instead.
+
+Every Secret the spec names (rlhf_api.secrets.secret_references) is checked with a
+SubjectAccessReview for the requesting user (`get` on that Secret): pods run the user's code and
+could print it, so naming a Secret must need the right to read it. A refusal names the Secret and
+the field. Without the webhook there is no requesting user, and launch refuses such jobs unless
+the operator is configured to allow them (OperatorConfig.allow_secret_references).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import kopf
+import urllib3
+from kubernetes.client.rest import ApiException
+from rlhf_api.secrets import SecretReference, secret_references
 from rlhf_api.spec import immutable_changes
 from rlhf_api.validation import InvalidJob, parse_job, parse_spec
 
+from .kube import answer_of
 
-def validate(body: kopf.Body, old: Optional[dict], operation: Optional[str], **_: Any) -> None:
+if TYPE_CHECKING:
+    from .context import OperatorContext
+
+
+def validate(body: kopf.Body, old: Optional[dict], operation: Optional[str], memo: "OperatorContext",
+             userinfo: Optional[dict] = None, **_: Any) -> None:
     if operation == "UPDATE" and old and old.get("spec") == body.get("spec"):
         return  # status and metadata-only writes are not ours to judge
     try:
         new_job = parse_job(dict(body))
     except InvalidJob as exc:
         raise kopf.AdmissionError("; ".join(str(e) for e in exc.errors), code=422)
+    old_spec = None
     if operation == "UPDATE" and old and old.get("spec"):
         try:
             old_spec = parse_spec(old["spec"])
         except InvalidJob:
-            return
+            old_spec = None
+    if old_spec is not None:
         frozen = immutable_changes(old_spec, new_job.spec)
         if frozen:
             raise kopf.AdmissionError(f"{', '.join(frozen)} cannot change on an existing RLHFJob; create a new one",
                                       code=422)
+    # On UPDATE only Secrets the stored spec did not name yet: suspending someone else's job is
+    # not reading their Secrets (and the fields that name Secrets are immutable anyway).
+    known = {ref.name for ref in secret_references(old_spec)} if old_spec is not None else set()
+    refs = [ref for ref in secret_references(new_job.spec) if ref.name not in known]
+    check_secrets(memo, dict(userinfo or {}), new_job.metadata.namespace or body["metadata"].get("namespace"), refs)
+
+
+def check_secrets(memo: "OperatorContext", user: dict[str, Any], namespace: Optional[str],
+                  refs: list[SecretReference]) -> None:
+    """Refuse the request unless ``user`` may `get` every Secret in ``refs`` (one review each)."""
+    who = user.get("username") or "the requesting user"
+    for ref in refs:
+        try:
+            allowed, reason = memo.kube.may_read_secret(user, namespace or "", ref.name)
+        except (ApiException, OSError, urllib3.exceptions.HTTPError) as exc:  # no answer is no permission
+            why = answer_of(exc).message if isinstance(exc, ApiException) else str(exc)
+            raise kopf.AdmissionError(f'{ref.field}: could not check whether {who} may read Secret "{ref.name}"'
+                                      f" (SubjectAccessReview failed: {why}); try again", code=500)
+        if not allowed:
+            raise kopf.AdmissionError(
+                f'{ref.field}: {who} may not read Secret "{ref.name}" in namespace {namespace}, so a job of theirs'
+                f" may not use it either{f' ({reason})' if reason else ''}; ask for `get` on it or use a Secret you"
+                " can read", code=403)

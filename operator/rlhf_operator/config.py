@@ -36,6 +36,9 @@ class OperatorConfig:
     webhook_port: int = 9443
     webhook_cert_dir: Optional[str] = None
     peering: Optional[str] = None
+    # Without the admission webhook no requesting user is known, so jobs naming Secrets are
+    # refused unless this is set (everyone who may create RLHFJobs may read the namespace's Secrets).
+    allow_secret_references: bool = False
     max_workers: int = 16
 
     @property
@@ -63,6 +66,8 @@ class OperatorConfig:
         cfg.webhook_port = int(env.get("RLHF_WEBHOOK_PORT") or cfg.webhook_port)
         cfg.webhook_cert_dir = env.get("RLHF_WEBHOOK_CERT_DIR") or None
         cfg.peering = env.get("RLHF_PEERING") or None
+        cfg.allow_secret_references = (env.get("RLHF_ALLOW_SECRET_REFERENCES") or "").strip().lower() in (
+            "1", "true", "yes")
         return cfg
 
 

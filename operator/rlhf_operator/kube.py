@@ -141,6 +141,7 @@ class Kube:
     def __init__(self, client: kubernetes.client.ApiClient):
         self.core = kubernetes.client.CoreV1Api(client)
         self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.authz = kubernetes.client.AuthorizationV1Api(client)
 
     # ------------------------------------------------------------------ generic
 
@@ -227,6 +228,20 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
+
+    def may_read_secret(self, user: dict[str, Any], namespace: str, name: str) -> tuple[bool, str]:
+        """Ask the API server (a SubjectAccessReview) whether ``user``, an admission request's
+        userInfo, may `get` the Secret; returns (allowed, the authorizer's reason)."""
+        spec: dict[str, Any] = {"resourceAttributes": {"namespace": namespace, "verb": "get", "group": "",
+                                                       "resource": "secrets", "name": name}}
+        for ours, theirs in (("username", "user"), ("uid", "uid"), ("groups", "groups"), ("extra", "extra")):
+            if user.get(ours):
+                spec[theirs] = user[ours]
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
+        response = self.authz.create_subject_access_review(body, _preload_content=False)
+        status = json.loads(response.data).get("status") or {}
+        allowed = bool(status.get("allowed")) and not status.get("denied")
+        return allowed, str(status.get("reason") or status.get("evaluationError") or "")
 
     # ------------------------------------------------------------------ writes
 

@@ -20,6 +20,7 @@ from rlhf_api.contract import check_agent_source, check_reward_source
 from rlhf_api.jobstatus import TERMINAL_PHASES, Phase
 from rlhf_api.names import CODE_HASH_ANNOTATION, GROUP, KIND, VERSION
 from rlhf_api.spec import MUTABLE_FIELDS, RLHFJob, immutable_changes
+from rlhf_api.secrets import describe, secret_references
 from rlhf_api.validation import FieldError, InvalidJob, parse_job, parse_spec
 from rlhf_api.workerconfig import REWARD_FILE
 
@@ -137,6 +138,24 @@ def _check_code(sources: dict[str, str], job: RLHFJob) -> None:
             raise InvalidJob([FieldError(ref.field, str(exc))]) from None
 
 
+SECRETS_NOT_ALLOWED = "SecretsNotAllowed"
+
+
+def _secrets_not_allowed(memo: OperatorContext, job: RLHFJob) -> Optional[str]:
+    """Why the job may not use the Secrets it names, or None. With the admission webhook, admission
+    checked that its creator may read each one; without it nobody did, so only an operator
+    configured with allow_secret_references (RLHF_ALLOW_SECRET_REFERENCES) accepts them."""
+    if memo.cfg.webhook_cert_dir or memo.cfg.allow_secret_references:
+        return None
+    refs = secret_references(job.spec)
+    if not refs:
+        return None
+    return (f"{describe(refs)}: this operator runs without its admission webhook, so nothing checked that the job's"
+            " creator may read these Secrets; enable the webhook (Helm value webhook.enabled), or, where everyone"
+            " who may create RLHFJobs may read the namespace's Secrets, set secrets.allowReferences"
+            " (RLHF_ALLOW_SECRET_REFERENCES=true); or remove the references")
+
+
 def _set_validated(memo: OperatorContext, body: kopf.Body, ok: bool, reason: str, message: str,
                    phase: Optional[str] = None) -> None:
     """Write the Validated condition; ``phase`` too, while the job has none yet or is Pending."""
@@ -230,6 +249,10 @@ def launch(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Pa
                          "metadata": {"name": name, "namespace": namespace, "uid": uid,
                                       "labels": dict(meta.get("labels") or {}), "generation": generation},
                          "spec": dict(body.get("spec") or {})})
+        refused = _secrets_not_allowed(memo, job)
+        if refused:
+            _fail(memo, body, SECRETS_NOT_ALLOWED, refused)
+            raise kopf.PermanentError(refused)
         sources = _read_code(memo.kube, job, current)
         _check_code(sources, job)
     except InvalidJob as exc:

@@ -21,6 +21,8 @@ def main_module_env(kube, monkeypatch):
     monkeypatch.setenv("RLHF_KUBECONFIG", kube.kubeconfig_path)
     monkeypatch.setenv("RLHF_HEALTH_PORT", "0")
     monkeypatch.setenv("RLHF_WORKER_IMAGE", "example/workers:e2e")
+    # No webhook here, and the examples name Secrets (W&B key, reward token): allowed explicitly.
+    monkeypatch.setenv("RLHF_ALLOW_SECRET_REFERENCES", "true")
     import kopf
 
     # A clean default registry for `-m rlhf_operator.main`, with the login a real deployment uses.
@@ -86,7 +88,8 @@ def test_operator_commands_run_as_processes(kube, command):
     if not Path(command[0]).exists():
         pytest.skip(f"{command[0]} is not installed")
     kube.create_namespace(NS)
-    env = {**os.environ, "KUBECONFIG": kube.kubeconfig_path, "RLHF_HEALTH_PORT": "0"}
+    env = {**os.environ, "KUBECONFIG": kube.kubeconfig_path, "RLHF_HEALTH_PORT": "0",
+           "RLHF_ALLOW_SECRET_REFERENCES": "true"}  # the example names a token Secret; no webhook here
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         kube.kubectl("apply", "--validate=false", "-f", str(ROOT / "examples" / "remote-reward" / "job.yaml"), namespace=NS)
