@@ -104,6 +104,8 @@ CRD_DISCOVERY = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", 
 NAMESPACE_SCAN = {("", "namespaces"): {"get", "list", "watch"}}
 NAMESPACED_PEERING = {("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"}}
 CLUSTER_PEERING = {("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"}}
+# With the webhook only: it asks whether a job's creator may read each Secret the job names.
+SECRET_REVIEW = {("authorization.k8s.io", "subjectaccessreviews"): {"create"}}
 
 # Kinds that are not core Kubernetes: checked structurally, not with kubernetes-validate.
 EXTERNAL_KINDS = {
@@ -203,6 +205,10 @@ def is_namespaced(key: str) -> bool:
     return bool(SCENARIOS[key].get("watchNamespaces"))
 
 
+def webhook_on(key: str) -> bool:
+    return SCENARIOS[key].get("webhook", {}).get("enabled", True)
+
+
 def peering_on(key: str) -> bool:
     values = SCENARIOS[key]
     return values.get("replicas", 1) > 1 or values.get("peering", {}).get("enabled", False)
@@ -282,8 +288,9 @@ def test_rbac_grants_exactly_what_the_operator_needs(key):
     cluster_roles = of_kind(objs, "ClusterRole")
     cluster_grants = merge(*(grants(r["rules"]) for r in cluster_roles))
     if is_namespaced(key):
-        # Namespaced mode: workloads only through Roles; the one ClusterRole is read-only CRD discovery.
-        assert cluster_grants == CRD_DISCOVERY
+        # Namespaced mode: workloads only through Roles; the ClusterRoles are read-only CRD discovery
+        # and, with the webhook, SubjectAccessReviews (cluster-scoped: no Role can grant them).
+        assert cluster_grants == merge(CRD_DISCOVERY, SECRET_REVIEW if webhook_on(key) else {})
         expected_ns = set(SCENARIOS[key]["watchNamespaces"])
         assert {r["metadata"]["namespace"] for r in roles} == expected_ns
         for role in roles:
@@ -291,7 +298,8 @@ def test_rbac_grants_exactly_what_the_operator_needs(key):
             assert grants(role["rules"]) == expected, role["metadata"]
     else:
         assert roles == []
-        expected = merge(WORKLOAD_RULES, CRD_DISCOVERY, NAMESPACE_SCAN, CLUSTER_PEERING if peering_on(key) else {})
+        expected = merge(WORKLOAD_RULES, CRD_DISCOVERY, NAMESPACE_SCAN, CLUSTER_PEERING if peering_on(key) else {},
+                         SECRET_REVIEW if webhook_on(key) else {})
         assert cluster_grants == expected
 
 
@@ -600,6 +608,22 @@ def test_operator_config_parses_the_rendered_environment():
         assert cfg.health_port == int(e["RLHF_HEALTH_PORT"])
         assert (cfg.webhook_cert_dir is not None) == (key != "webhook-off")
         assert (cfg.peering is not None) == peering_on(key)
+        assert cfg.allow_secret_references is False
+
+
+def test_secret_references_are_refused_without_the_webhook_unless_allowed():
+    from rlhf_operator.handlers import OperatorConfig
+
+    assert env("webhook-off")["RLHF_ALLOW_SECRET_REFERENCES"] == "false"
+    values = {"webhook": {"enabled": False}, "secrets": {"allowReferences": True}}
+    objs = objects_of(chart().render(values, name=RELEASE, namespace=NAMESPACE))
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    e = {v["name"]: v.get("value") for v in pod["containers"][0]["env"]}
+    assert OperatorConfig.from_env({"RLHF_ALLOW_SECRET_REFERENCES": e["RLHF_ALLOW_SECRET_REFERENCES"]}) \
+        .allow_secret_references is True
+    # Without the webhook nothing reviews access, so no SubjectAccessReview grant either.
+    rules = [r for o in objs if o["kind"] in ("Role", "ClusterRole") for r in o["rules"]]
+    assert not any("subjectaccessreviews" in r.get("resources", []) for r in rules)
 
 
 def test_probes_and_ports():
