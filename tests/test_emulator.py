@@ -13,6 +13,7 @@ import kmock
 import kopf
 import kubernetes.client
 import pytest
+import urllib3
 from kubernetes import watch
 from kubernetes.client.rest import ApiException
 
@@ -390,6 +391,43 @@ def test_kopf_picks_up_resources_registered_later(kube: KubeEmulator, kopf_runne
     kube.register_resource('example.com', 'v1', 'gadgets', 'Gadget')  # a CRD event makes kopf rescan
     kube.create({'apiVersion': 'example.com/v1', 'kind': 'Gadget', 'metadata': {'name': 'g', 'namespace': 'default'}})
     wait_for(lambda: kube.get('gadgets', 'g', 'default')['status']['seen'], timeout=15)
+
+
+def test_fault_rules_fail_chosen_requests(kube: KubeEmulator, core) -> None:
+    """Each kind of injected fault, as the ``kubernetes`` client sees it, and what the store kept."""
+    kube.faults.seed(3)
+    cm = {'metadata': {'name': 'x'}, 'data': {'a': 'b'}}
+    cases = [('status', {'code': 500}, 500, False), ('status', {'code': 429, 'retry_after': 2}, 429, False),
+             ('status', {'code': 409}, 409, False), ('reset-before', {}, None, False),
+             ('reset-after', {}, None, True), ('delay', {'delay': 0.2}, 201, True)]
+    for i, (action, options, code, kept) in enumerate(cases):
+        kube.faults.clear()
+        kube.faults.add(action, 'POST', r'/configmaps$', count=1, **options)
+        name = f'cm-{i}'
+        try:
+            core.create_namespaced_config_map('ns1', dict(cm, metadata={'name': name}))
+            answer = 201
+        except ApiException as e:
+            answer = e.status
+            assert json.loads(e.body)['code'] == code
+            if code == 429:
+                assert e.headers['Retry-After'] == '2' and _reason(e) == 'TooManyRequests'
+        except urllib3.exceptions.ProtocolError:  # the connection was reset: no answer at all
+            answer = None
+        assert answer == code, action
+        assert (kube.get('configmaps', name, 'ns1') is not None) == kept, action
+        core.create_namespaced_config_map('ns1', dict(cm, metadata={'name': f'{name}-again'}))  # count=1: spent
+    assert kube.faults.injected == {'500': 1, '429': 1, '409': 1, 'reset-before': 1, 'reset-after': 1, 'delay': 1}
+    kube.faults.clear()
+    rule = kube.faults.add('status', 'GET', r'/configmaps$', code=500, probability=0.5)  # 503: urllib3 retries GETs
+    failed = 0
+    for _ in range(40):
+        try:
+            core.list_namespaced_config_map('ns1')
+        except ApiException as e:
+            assert e.status == 500
+            failed += 1
+    assert rule.fired == failed and 5 < failed < 35  # a seeded coin: some, not all
 
 
 # --- the real kubectl --------------------------------------------------------------------------

@@ -45,6 +45,8 @@ Modules, each importing only those above it:
 * :mod:`.common` — the object type, JSON on the wire, timestamps;
 * :mod:`.resources` — :class:`ApiResource` and the resources served out of the box;
 * :mod:`.errors` — :class:`ApiError`, answered as a ``Status``;
+* :mod:`.faults` — :class:`FaultInjector`: seeded rules that fail chosen requests (status codes,
+  connection resets before or after the write, delays); ``kube.faults``;
 * :mod:`.patches` — merge, JSON and strategic-merge patches (pure);
 * :mod:`.selectors` — label and field selectors (pure);
 * :mod:`.watchlog` — the per-resource event log that watches read;
@@ -62,6 +64,7 @@ Usage (sync, e.g. in pytest; the server runs in its own thread)::
         wait_for(lambda: kube.get('configmaps', 'x', namespace='ns1'))
 """
 from .errors import ApiError
+from .faults import FaultInjector, FaultRule
 from .facade import KUBECTL, KubeEmulator, wait_for
 from .handler import EmulatorHandler
 from .patches import apply_json_patch, apply_merge_patch, apply_strategic_merge_patch
@@ -77,6 +80,8 @@ __all__ = [
     'CUSTOM_RESOURCES',
     'DEFAULT_NAMESPACES',
     'EmulatorHandler',
+    'FaultInjector',
+    'FaultRule',
     'KUBECTL',
     'KubeEmulator',
     'ObjectStore',

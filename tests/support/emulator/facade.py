@@ -26,6 +26,7 @@ import yaml
 
 from .common import Obj
 from .errors import ApiError
+from .faults import FaultInjector
 from .handler import EmulatorHandler, EmulatorServer
 from .resources import BUILTIN_RESOURCES, CRD_RESOURCE, CUSTOM_RESOURCES, DEFAULT_NAMESPACES, ApiResource
 from .store import ObjectStore
@@ -111,6 +112,7 @@ class KubeEmulator:
         self._url: str | None = None
         self._workdir: str | None = None
         self.kmock: EmulatorHandler | None = None
+        self.faults = FaultInjector()  # fault injection: kube.faults.add('status', 'POST', r'/configmaps$', code=500)
 
     # --- lifecycle ---
 
@@ -160,7 +162,7 @@ class KubeEmulator:
     async def _amain(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
-        handler = EmulatorHandler(store=self.store, record_requests=self._record_requests)
+        handler = EmulatorHandler(store=self.store, record_requests=self._record_requests, faults=self.faults)
         self.kmock = handler
         try:
             async with handler, EmulatorServer(handler, host=self._host, port=self._port) as server:

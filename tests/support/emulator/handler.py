@@ -31,6 +31,7 @@ from kmock._internal import rendering as _kmock_rendering
 from . import discovery
 from .common import Obj, dumps
 from .errors import ApiError
+from .faults import FaultInjector, FaultRule
 from .resources import ApiResource
 from .routes import Route, parse_route, truthy
 from .store import ObjectStore
@@ -65,6 +66,7 @@ class EmulatorHandler(kmock.RawHandler):
         'compiler': 'gc', 'platform': 'linux/amd64',
     })
     record_requests: bool = True
+    faults: FaultInjector = attrs.field(factory=FaultInjector)  # see faults.py
     watch_poll_interval: float = 1.0  # how often idle watches check for closed client connections
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
@@ -75,7 +77,11 @@ class EmulatorHandler(kmock.RawHandler):
             request = self._make_request(raw_request, route, body)
             if self.record_requests:
                 self._requests.append(request)
-            response = await self._dispatch(request, route)
+            fault = self.faults.pick(raw_request.method, raw_request.path)
+            if fault is None:
+                response = await self._dispatch(request, route)
+            else:
+                response = await self._faulty(fault, raw_request, request, route)
         except ApiError as e:
             response = _json_response(e.status(), e.code)
         except _kmock_rendering.StreamingError as e:  # a user-defined KMock stream failed midway
@@ -90,6 +96,26 @@ class EmulatorHandler(kmock.RawHandler):
         if not response.prepared:
             response.force_close()  # "Connection: close": no keep-alive reuse races
         return response
+
+    async def _faulty(self, fault: FaultRule, raw: aiohttp.web.BaseRequest, request: kmock.Request,
+                      route: Route) -> aiohttp.web.StreamResponse:
+        """Serve a request that a fault rule picked (see faults.py)."""
+        if fault.action == 'delay':
+            await asyncio.sleep(fault.delay)
+            return await self._dispatch(request, route)
+        if fault.action == 'status':
+            status, headers = fault.status(raw.path)
+            response = _json_response(status, fault.code)
+            response.headers.update(headers)
+            return response
+        if fault.action == 'reset-after':
+            try:
+                await self._dispatch(request, route)  # the write happens; its answer is lost
+            except ApiError:
+                pass
+        assert raw.transport is not None
+        raw.transport.abort()  # the client sees the connection reset, with no answer
+        return aiohttp.web.Response(status=500)  # written nowhere: aiohttp drops it on the closed transport
 
     def _make_request(self, raw: aiohttp.web.BaseRequest, route: Route, body: bytes) -> kmock.Request:
         params = dict(raw.query)
