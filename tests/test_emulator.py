@@ -387,7 +387,13 @@ def test_kopf_picks_up_resources_registered_later(kube: KubeEmulator, kopf_runne
     def gadget_created(patch: kopf.Patch, **_: object) -> None:
         patch.status['seen'] = True
 
+    # kopf scans discovery at start, then watches CRDs; it ignores the watch's initial LIST (trusting
+    # the scan), so a CRD created between the scan and that LIST is never noticed -- on a real cluster
+    # too. The runner is ready after the scan: wait for kopf's CRD watch before registering. The LIST
+    # is slowed here so that the window is always wide: without the wait this fails every time.
+    kube.faults.add('delay', 'GET', r'/customresourcedefinitions$', delay=0.5, count=1)
     kopf_runner(registry=registry)  # cluster-wide; the resource does not exist yet
+    wait_for(lambda: kube.watch_count('customresourcedefinitions') > 0, timeout=15)
     kube.register_resource('example.com', 'v1', 'gadgets', 'Gadget')  # a CRD event makes kopf rescan
     kube.create({'apiVersion': 'example.com/v1', 'kind': 'Gadget', 'metadata': {'name': 'g', 'namespace': 'default'}})
     wait_for(lambda: kube.get('gadgets', 'g', 'default')['status']['seen'], timeout=15)
