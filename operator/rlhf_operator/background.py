@@ -21,7 +21,8 @@ import urllib.error
 import urllib.request
 from typing import Any, Optional
 
-from rlhf_api.jobstatus import Phase
+from rlhf_api.jobstatus import TERMINAL_PHASES, Phase
+from rlhf_api.names import GROUP, PLURAL, VERSION
 from rlhf_api.progress import PROGRESS_PORT, ProgressReport
 
 from . import status as st
@@ -30,6 +31,8 @@ from .mirror import mirror_rayjob, reported
 from .writes import Events, note, post, write_status
 
 log = logging.getLogger(__name__)
+
+NUDGE_ANNOTATION = f"{GROUP}/resynced-at"  # written on a job whose kopf event was lost (_nudge_if_stranded)
 
 
 def _read_report(memo: OperatorContext, url: str) -> Optional[ProgressReport]:
@@ -96,8 +99,35 @@ def poll_progress(memo: OperatorContext, namespace: str, name: str, current: dic
         post(memo, job, events)
 
 
+def _nudge_if_stranded(memo: OperatorContext, namespace: str, name: str) -> None:
+    """Touch a job whose launch is not recorded and that has not changed since the last resync.
+
+    kopf handles an object only on its watch events; when kopf's own patch after a handler fails
+    (a 409 on its status patch, a reset connection), it logs, throttles, and waits for the next
+    event, which may never come: the launch's retry or its outcome is lost with that patch. An
+    annotation write is such an event; kopf then resumes the job's handlers (launch adopts what
+    exists). A job kopf is working on changes between two resyncs (its retries are recorded) and
+    is left alone."""
+    job = memo.kube.rlhfjob(namespace, name)
+    seen = memo.setdefault("unlaunched_versions", {})
+    status = (job or {}).get("status") or {}
+    if job is None or status.get("rayJobName") or status.get("phase") in TERMINAL_PHASES:
+        seen.pop((namespace, name), None)
+        return
+    version = job["metadata"].get("resourceVersion")
+    if seen.get((namespace, name)) != version:
+        seen[(namespace, name)] = version
+        return
+    log.info("RLHFJob %s/%s is not launched and unchanged since the last resync; nudging kopf", namespace, name)
+    memo.kube.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": {NUDGE_ANNOTATION: st.now_rfc3339()}}})
+
+
 def resync(memo: OperatorContext, namespace: str, name: str, current: dict[str, Any]) -> None:
-    """Level-triggered safety net: re-mirror the RayJob in case an event was missed or its write failed."""
+    """Level-triggered safety net: re-mirror the RayJob in case an event was missed or its write
+    failed; re-trigger a launch whose kopf event was lost."""
+    if current.get("phase") in (None, Phase.Pending.value):
+        _nudge_if_stranded(memo, namespace, name)
     if not current.get("rayJobName"):
         return
     rayjob = memo.kube.rayjob(namespace, current["rayJobName"])
