@@ -5,6 +5,7 @@ none stuck, no duplicates. The faults (tests/support/emulator/faults.py) are dra
 RNG, so a failing run replays with the same seed.
 """
 
+import os
 import time
 from collections import Counter
 
@@ -14,7 +15,7 @@ from rlhf_operator.background import NUDGE_ANNOTATION
 from support.operator_env import JOBS, NS, RAYJOBS, job_status, rlhfjob, wait_phase
 
 N_JOBS = 20
-SEED = 1212
+SEED = int(os.environ.get("FAULT_SEED", "1212"))  # another seed: FAULT_SEED=n
 RESTARTS = 3
 
 # (action, verb, path, options): each fires with its probability, independently per request.

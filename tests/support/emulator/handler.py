@@ -4,7 +4,9 @@ The HTTP layer: KMock's server and request handler, answering with the API seman
 
 KMock provides the aiohttp server on a free local port, parsing into :class:`kmock.Request`,
 request recording for assertions, and the ``<<`` DSL for user-defined reactions, which go
-first here (fault injection: ``handler['patch', kmock.resource(...)] << 500``). What it lacks
+first here (``handler['patch', kmock.resource(...)] << 500``). Seeded, counted fault injection
+(Status answers, connection resets before or after the write, delays) is :mod:`.faults`,
+consulted before anything else. What it lacks
 for kopf, the ``kubernetes`` client and kubectl is filled in below: ``Status`` errors with
 real codes, list pagination and server-side printing (``Table``), ``dryRun=All``, apply
 patches, and watches that honour ``?resourceVersion=`` and ``sendInitialEvents``. Every
