@@ -2,36 +2,19 @@
 
 import json
 import shutil
-import socket
-import ssl
-import subprocess
 import urllib.request
 import uuid
 
 import pytest
 
-from support.operator_env import free_port, rlhfjob
+from support.operator_env import rlhfjob, start_with_webhook
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 
 
 @pytest.fixture
 def webhook(kube, operator, tmp_path):
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                    "-keyout", str(tmp_path / "tls.key"), "-out", str(tmp_path / "tls.crt")],
-                   check=True, capture_output=True)
-    port = free_port()
-    operator.start(webhook_cert_dir=str(tmp_path), webhook_port=port)
-    context = ssl.create_default_context(cafile=str(tmp_path / "tls.crt"))
-
-    def listening():
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-    kube.wait_for(listening, timeout=15)  # kopf starts its webhook server after the startup handlers
+    port, context = start_with_webhook(kube, operator, tmp_path)
 
     def review(operation, obj, old=None):
         request = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {

@@ -10,15 +10,12 @@ refuses such jobs unless the operator's settings allow them.
 
 import json
 import shutil
-import socket
-import ssl
-import subprocess
 import urllib.request
 import uuid
 
 import pytest
 
-from support.operator_env import NS, RAYJOBS, conditions, free_port, rlhfjob, wait_phase
+from support.operator_env import NS, RAYJOBS, conditions, rlhfjob, start_with_webhook, wait_phase
 from support.operator_env import SPEC
 
 SAR_PATH = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
@@ -59,21 +56,7 @@ class Authorizer:
 def webhook(kube, operator, tmp_path):
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                    "-keyout", str(tmp_path / "tls.key"), "-out", str(tmp_path / "tls.crt")],
-                   check=True, capture_output=True)
-    port = free_port()
-    operator.start(webhook_cert_dir=str(tmp_path), webhook_port=port)
-    context = ssl.create_default_context(cafile=str(tmp_path / "tls.crt"))
-
-    def listening():
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-    kube.wait_for(listening, timeout=15)
+    port, context = start_with_webhook(kube, operator, tmp_path)
 
     def review(obj, user="alice", groups=("system:authenticated",), old=None):
         request = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
+import subprocess
 import threading
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -130,3 +132,24 @@ class ProgressServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def start_with_webhook(kube, operator: "Operator", cert_dir) -> tuple[int, "ssl.SSLContext"]:
+    """Start the operator serving its admission webhook with a fresh self-signed certificate in
+    ``cert_dir``; returns the port and a TLS context that trusts it, once the server listens
+    (kopf starts it after the startup handlers)."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-keyout", str(cert_dir / "tls.key"), "-out", str(cert_dir / "tls.crt")],
+                   check=True, capture_output=True)
+    port = free_port()
+    operator.start(webhook_cert_dir=str(cert_dir), webhook_port=port)
+
+    def listening() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+    kube.wait_for(listening, timeout=15)
+    return port, ssl.create_default_context(cafile=str(cert_dir / "tls.crt"))
