@@ -31,10 +31,6 @@ from . import admission, background, launch, mirror, startup
 from .config import Metrics, OperatorConfig
 from .context import OperatorContext
 
-# Where these lived before the handlers were split into modules; importers still use this path.
-from .launch import API_RETRY_SECONDS, retry_api_outages  # noqa: F401
-from .startup import _RLHFJobDiffBase  # noqa: F401
-
 __all__ = ["Metrics", "OperatorConfig", "OperatorContext", "register"]
 
 

@@ -25,6 +25,7 @@ from rlhf_api.validation import FieldError, InvalidJob, parse_job, parse_spec
 from rlhf_api.workerconfig import REWARD_FILE
 
 from . import status as st
+from .config import OperatorConfig
 from .context import OperatorContext
 from .kube import Kube, NotOwned, Refused, answer_of, is_transient
 from .preflight import preflight
@@ -33,11 +34,7 @@ from .writes import note, post, write_status
 
 log = logging.getLogger(__name__)
 
-API_RETRY_SECONDS = 3.0  # first retry after a transient API error (kopf's default is 60 s); see OperatorConfig
-API_RETRY_MAX_SECONDS = 60.0
-
-
-def retry_delay(retry: int, base: float = API_RETRY_SECONDS, cap: float = API_RETRY_MAX_SECONDS) -> float:
+def retry_delay(retry: int, base: float, cap: float) -> float:
     """Backoff for the ``retry``-th retry (0 first): base, 2·base, 4·base, ... at most ``cap``."""
     return min(cap, base * 2 ** min(max(retry, 0), 30))
 
@@ -92,10 +89,9 @@ def retry_api_outages(handler):
             if not is_transient(exc):
                 raise
             memo, runtime = kwargs.get("memo"), kwargs.get("runtime")
-            cfg = getattr(memo, "cfg", None)
-            delay = retry_delay(int(kwargs.get("retry") or 0), getattr(cfg, "api_retry_seconds", API_RETRY_SECONDS),
-                                getattr(cfg, "api_retry_max_seconds", API_RETRY_MAX_SECONDS))
-            if cfg is not None and runtime is not None and runtime.total_seconds() >= cfg.api_degraded_seconds:
+            cfg = memo.cfg if memo is not None else OperatorConfig()  # a memo-less call: the defaults
+            delay = retry_delay(int(kwargs.get("retry") or 0), cfg.api_retry_seconds, cfg.api_retry_max_seconds)
+            if memo is not None and runtime is not None and runtime.total_seconds() >= cfg.api_degraded_seconds:
                 _report_degraded(memo, kwargs["body"], exc, runtime.total_seconds(), delay)
             raise kopf.TemporaryError(f"Kubernetes API unavailable: {exc}", delay=delay) from exc
     return wrapper

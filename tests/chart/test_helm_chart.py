@@ -596,7 +596,7 @@ def test_operator_environment_follows_values():
 
 def test_operator_config_parses_the_rendered_environment():
     """The env the chart renders is what OperatorConfig.from_env understands."""
-    from rlhf_operator.handlers import OperatorConfig
+    from rlhf_operator.config import OperatorConfig
 
     for key in ("defaults", "everything", "webhook-off"):
         e = {k: v for k, v in env(key).items() if isinstance(v, str)}
@@ -612,7 +612,7 @@ def test_operator_config_parses_the_rendered_environment():
 
 
 def test_secret_references_are_refused_without_the_webhook_unless_allowed():
-    from rlhf_operator.handlers import OperatorConfig
+    from rlhf_operator.config import OperatorConfig
 
     assert env("webhook-off")["RLHF_ALLOW_SECRET_REFERENCES"] == "false"
     values = {"webhook": {"enabled": False}, "secrets": {"allowReferences": True}}

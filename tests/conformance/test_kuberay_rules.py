@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from k8s_schemas import core_errors
-from rlhf_operator.handlers import OperatorConfig
+from rlhf_operator.config import OperatorConfig
 from rlhf_api.progress import PROGRESS_PORT, PROGRESS_PORT_NAME
 from rlhf_operator.render import code_refs, render
 from rlhf_api.validation import InvalidJob, parse_job

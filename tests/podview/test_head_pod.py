@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from rlhf_operator.handlers import OperatorConfig
+from rlhf_operator.config import OperatorConfig
 from rlhf_api.progress import PROGRESS_PORT
 from rlhf_operator.render import RenderOptions, render
 from rlhf_api.validation import parse_job

@@ -30,7 +30,8 @@ def test_api_outages_are_retried_soon_and_refusals_are_not():
     import urllib3
     from kubernetes.client.rest import ApiException
 
-    from rlhf_operator.handlers import API_RETRY_SECONDS, retry_api_outages
+    from rlhf_operator.config import OperatorConfig
+    from rlhf_operator.launch import retry_api_outages
     from rlhf_operator.kube import is_transient
 
     assert is_transient(ApiException(status=503)) and is_transient(ApiException(status=429))
@@ -42,7 +43,7 @@ def test_api_outages_are_retried_soon_and_refusals_are_not():
         raise exc
     with pytest.raises(kopf.TemporaryError) as retried:
         retry_api_outages(handler)(ApiException(status=503), namespace="ns")
-    assert retried.value.delay == API_RETRY_SECONDS
+    assert retried.value.delay == OperatorConfig().api_retry_seconds
     with pytest.raises(ApiException):
         retry_api_outages(handler)(ApiException(status=403))
 

@@ -1,6 +1,6 @@
 """The operator's settings, as the Helm chart passes them through the environment."""
 
-from rlhf_operator.handlers import OperatorConfig
+from rlhf_operator.config import OperatorConfig
 
 
 def test_settings_come_from_the_environment_and_default_when_absent():

@@ -166,7 +166,7 @@ def test_every_status_the_machine_writes_fits_the_generated_status_schema():
 def test_diff_base_is_kopfs_for_rlhfjobs_and_empty_for_rayjobs():
     import kopf
 
-    from rlhf_operator.handlers import _RLHFJobDiffBase
+    from rlhf_operator.startup import _RLHFJobDiffBase
 
     ours, stock = _RLHFJobDiffBase(field="status.kopf.diffbase"), kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
     job = kopf.Body({"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFJob",
