@@ -31,6 +31,16 @@ class CheckpointInfo(BaseModel):
     time: str
 
 
+class RewardErrorCounts(BaseModel):
+    """Reward calls that faulted since the run started, by how they ended (ok calls are not counted here)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    raised: int = 0
+    timeout: int = 0
+    invalid: int = 0
+
+
 class ProgressReport(BaseModel):
     """What the worker says about itself. Unknown keys are ignored so either side can add fields."""
 
@@ -48,6 +58,9 @@ class ProgressReport(BaseModel):
     last_weight_sync: Optional[str] = None
     last_checkpoint: Optional[CheckpointInfo] = None
     final_model: Optional[str] = None
+    reward_errors: Optional[RewardErrorCounts] = None
+    reward_error_rate: Optional[float] = None  # faulted share of samples over the fault window (reward.maxErrorRate's)
+    failure_reason: Optional[str] = None  # with state "failed": a condition reason such as "RewardFaults"
     heartbeat: str = ""
     message: Optional[str] = None
 
