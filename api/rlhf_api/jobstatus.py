@@ -19,6 +19,8 @@ SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 STALLED = "Stalled"
 DEGRADED = "Degraded"  # True while the API server keeps failing the operator's calls (retrying)
+REWARD_FAULTS = "RewardFaults"  # True once the driver stopped on too many reward faults (also the Failed reason)
+CODE_CHECKED = "CodeChecked"  # the preflight pod's verdict on the reward/agent code (before any RayJob)
 
 # The operator's own reasons; the others are KubeRay's, taken from the RayJob.
 VALIDATION_FAILED = "ValidationFailed"
@@ -36,6 +38,10 @@ CHILD_REFUSED = "ChildRefused"
 # The API server's answers were transient (outage, overload, conflict) past a bound; and then not.
 TRANSIENT_API_ERRORS = "TransientAPIErrors"
 API_RECOVERED = "APIRecovered"
+# The reward/agent code, run once in the CPU-only preflight pod before the RayJob.
+CHECKING_CODE = "CheckingCode"
+CODE_CHECK_PASSED = "CodeCheckPassed"
+REWARD_CHECK_FAILED = "RewardCheckFailed"
 
 # metav1.Condition's own validation (k8s.io/apimachinery/pkg/apis/meta/v1/types.go), which the
 # CRD repeats so that the API server refuses what Kubernetes' own condition type would.
@@ -70,7 +76,8 @@ class Condition(SpecModel):
     model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True)
 
     type: str = Field(max_length=CONDITION_TYPE_MAX, pattern=CONDITION_TYPE_PATTERN,
-                      description="Validated, Running, Suspended, Succeeded, Failed, Stalled or Degraded.")
+                      description="Validated, CodeChecked, Running, Suspended, Succeeded, Failed, Stalled,"
+                                  " Degraded or RewardFaults.")
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(min_length=1, max_length=CONDITION_REASON_MAX, pattern=CONDITION_REASON_PATTERN,
                         description="One CamelCase word a program can match on.")
@@ -78,6 +85,16 @@ class Condition(SpecModel):
     last_transition_time: str = Field(json_schema_extra=_DATE_TIME, description="When status last changed.")
     observed_generation: Optional[int] = Field(default=None, ge=0, json_schema_extra=_INT64,
                                                description="The spec generation this condition was set for.")
+
+
+class RewardErrors(SpecModel):
+    """Reward calls that ended other than ok (rlhf_api.progress.RewardErrorCounts, as stored)."""
+
+    model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True)
+
+    raised: Optional[int] = Field(default=None, json_schema_extra=_INT64, description="Calls that raised.")
+    timeout: Optional[int] = Field(default=None, json_schema_extra=_INT64, description="Calls past reward.timeoutSeconds.")
+    invalid: Optional[int] = Field(default=None, json_schema_extra=_INT64, description="Calls whose output broke the contract.")
 
 
 class Progress(SpecModel):
@@ -95,6 +112,10 @@ class Progress(SpecModel):
     last_weight_sync: Optional[str] = Field(default=None, description="When the rollout engines last got new weights.")
     heartbeat: Optional[str] = Field(default=None, description="When the training loop last reported; a stale one "
                                                                 "sets the Stalled condition.")
+    reward_errors: Optional[RewardErrors] = Field(default=None, description="Reward calls that faulted since the run"
+                                                                            " started, by how they ended.")
+    reward_error_rate: Optional[float] = Field(default=None, description="Faulted share of the samples over the fault"
+                                                                         " window (compared with reward.maxErrorRate).")
     updated: Optional[str] = None
 
 

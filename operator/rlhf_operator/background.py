@@ -50,7 +50,7 @@ def _read_report(memo: OperatorContext, url: str) -> Optional[ProgressReport]:
 def _progress_change(job: dict[str, Any], report: Optional[ProgressReport], stall_seconds: float,
                      events: Events) -> Optional[dict[str, Any]]:
     """The status fields a progress poll changes on a running ``job`` (progress, checkpoint,
-    the Stalled condition), and the Events to post for them; None when nothing changes."""
+    the Stalled and RewardFaults conditions), and the Events to post for them; None when nothing changes."""
     events.clear()
     fresh = job.get("status") or {}
     if fresh.get("phase") != Phase.Running.value:
@@ -59,12 +59,7 @@ def _progress_change(job: dict[str, Any], report: Optional[ProgressReport], stal
     known = fresh.get("progress") or {}
     heartbeat = known.get("heartbeat")
     if report is not None:
-        progress = {k: v for k, v in {
-            "step": report.step, "totalSteps": report.total_steps, "episode": report.episode,
-            "rewardMean": report.reward_mean, "scoreMean": report.score_mean, "kl": report.kl,
-            "samplesPerSecond": report.samples_per_second, "lastWeightSync": report.last_weight_sync,
-            "heartbeat": report.heartbeat or None,
-        }.items() if v is not None}
+        progress = st.progress_of(report)
         if progress != known:
             fields["progress"] = progress
         heartbeat = report.heartbeat or heartbeat
@@ -81,6 +76,10 @@ def _progress_change(job: dict[str, Any], report: Optional[ProgressReport], stal
     stall = st.stall_update(fresh, heartbeat, stall_seconds, job["metadata"].get("generation"))
     if stall is not None:
         fields["conditions"], event = stall
+        events.append(event)
+    faults = st.reward_faults_update({**fresh, **fields}, report, job["metadata"].get("generation"))
+    if faults is not None:  # the driver stopped on reward faults; the mirror fails the job with this reason
+        fields["conditions"], event = faults
         events.append(event)
     return fields or None
 

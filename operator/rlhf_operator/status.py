@@ -28,7 +28,8 @@ from typing import Any, Optional
 from rlhf_api.jobstatus import (API_RECOVERED, CHILD_CONFLICT, CHILD_FORBIDDEN, CHILD_INVALID,  # noqa: F401
                                 CHILD_REFUSED, CHILD_TOO_LARGE, CODE_NOT_FOUND, CONDITION_MESSAGE_MAX,
                                 CONDITION_REASON_MAX, CONDITION_REASON_PATTERN, DEGRADED, FAILED,
-                                KUBERAY_NOT_INSTALLED, RAYJOB_CREATED, RAYJOB_MISSING, RUNNING, SPEC_IMMUTABLE,
+                                KUBERAY_NOT_INSTALLED, RAYJOB_CREATED, RAYJOB_MISSING, REWARD_FAULTS, RUNNING,
+                                SPEC_IMMUTABLE,
                                 STALLED, SUCCEEDED, SUSPENDED, TRANSIENT_API_ERRORS, VALIDATED, VALIDATION_FAILED,
                                 Phase)
 from rlhf_api.names import KUEUE_QUEUE_LABEL
@@ -228,7 +229,7 @@ def mirror(current: dict[str, Any], rayjob: dict[str, Any], generation: Optional
     """The status patch that reflects ``rayjob`` in an RLHFJob whose status is ``current``."""
     now = now or now_rfc3339()
     obs = Observation.of(rayjob)
-    verdict = judge(obs)
+    verdict = reward_faults_verdict(judge(obs), current)
     patch = StatusPatch()
     status = patch.status
     if current.get("phase") in (Phase.Succeeded.value, Phase.Failed.value):
@@ -275,6 +276,49 @@ def stall_update(current: dict[str, Any], heartbeat: Optional[str], stall_second
         return conditions, ("Warning", "Stalled", message)
     conditions = set_condition(conditions, STALLED, False, "HeartbeatResumed", "progress heartbeat is fresh", generation, stamp)
     return conditions, ("Normal", "Resumed", "progress heartbeat resumed")
+
+
+# --------------------------------------------------------------------------- progress and reward faults
+
+
+def progress_of(report: Any) -> dict[str, Any]:
+    """``status.progress`` as a driver's ProgressReport (rlhf_api.progress) tells it; unset fields left out."""
+    errors = report.reward_errors
+    fields = {
+        "step": report.step, "totalSteps": report.total_steps, "episode": report.episode,
+        "rewardMean": report.reward_mean, "scoreMean": report.score_mean, "kl": report.kl,
+        "samplesPerSecond": report.samples_per_second, "lastWeightSync": report.last_weight_sync,
+        "heartbeat": report.heartbeat or None,
+        "rewardErrors": None if errors is None else {"raised": errors.raised, "timeout": errors.timeout,
+                                                     "invalid": errors.invalid},
+        "rewardErrorRate": report.reward_error_rate,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def reward_faults_update(current: dict[str, Any], report: Any, generation: Optional[int],
+                         now: Optional[str] = None) -> Optional[tuple[list[dict[str, Any]], tuple[str, str, str]]]:
+    """RewardFaults=True (and a Warning Event) when the driver reports that it stopped on reward
+    faults (state failed, failureReason RewardFaults), quoting its message; None otherwise or
+    when the condition already says so. The condition is never turned off: the faults happened."""
+    if report is None or report.state != "failed" or report.failure_reason != REWARD_FAULTS:
+        return None
+    message = report.message or "the reward faulted on more samples than reward.maxErrorRate allows"
+    conditions = list(current.get("conditions") or [])
+    existing = get_condition(conditions, REWARD_FAULTS)
+    if existing is not None and existing.get("status") == "True" and existing.get("message") == message[:CONDITION_MESSAGE_MAX]:
+        return None
+    conditions = set_condition(conditions, REWARD_FAULTS, True, REWARD_FAULTS, message, generation, now)
+    return conditions, ("Warning", REWARD_FAULTS, message)
+
+
+def reward_faults_verdict(verdict: Verdict, current: dict[str, Any]) -> Verdict:
+    """A Failed verdict of a job whose driver stopped on reward faults says so: reason RewardFaults
+    and the driver's message, instead of KubeRay's generic failure of the Ray job."""
+    faults = get_condition(list(current.get("conditions") or []), REWARD_FAULTS)
+    if verdict.phase != Phase.Failed.value or faults is None or faults.get("status") != "True":
+        return verdict
+    return Verdict(Phase.Failed.value, REWARD_FAULTS, faults.get("message") or verdict.message)
 
 
 # --------------------------------------------------------------------------- API refusals and outages
