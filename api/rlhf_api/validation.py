@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .names import API_VERSION, KIND
 from .spec import RLHFJob, RLHFJobSpec
@@ -71,12 +73,86 @@ _TYPE_HINTS = {
 }
 
 
-def _hint(error: dict[str, Any]) -> str:
+_BOUND_HINTS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+_BOUND_KEYS = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le"}
+
+
+def _closest(word: str, choices: Iterable[str]) -> Optional[str]:
+    """The choice a typo most likely meant, compared without case, '_' or '-' (so the snake_case
+    or lower-case spelling of a camelCase field finds it)."""
+    folded = {re.sub(r"[-_]", "", c).lower(): c for c in choices}
+    match = difflib.get_close_matches(re.sub(r"[-_]", "", word).lower(), list(folded), n=1, cutoff=0.6)
+    return folded[match[0]] if match else None
+
+
+def _model_of(annotation: Any) -> Optional[type[BaseModel]]:
+    """The pydantic model inside Optional[...], list[...] or Annotated[...], if there is one."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (dict, typing.get_origin(dict[str, Any])):
+        return None
+    for arg in typing.get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _fields_at(root: Optional[type[BaseModel]], loc: tuple[Any, ...]) -> list[str]:
+    """The YAML names of the fields of the object at ``loc`` (list indexes skipped)."""
+    model = root
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
+        model = _model_of(field.annotation) if field is not None else None
+    return [f.alias or n for n, f in model.model_fields.items()] if model is not None else []
+
+
+def _unknown_field(error: dict[str, Any], root: Optional[type[BaseModel]]) -> str:
+    loc = tuple(error["loc"])
+    guess = _closest(str(loc[-1]), _fields_at(root, loc[:-1])) if loc else None
+    if guess:
+        return f"unknown field; check its spelling: did you mean {guess}?"
+    return "unknown field; check its spelling (fields are camelCase) or remove it"
+
+
+def _choice(error: dict[str, Any]) -> str:
+    allowed = re.findall(r"'([^']*)'", (error.get("ctx") or {}).get("expected", ""))
+    got = error.get("input")
+    hint = f"must be one of {', '.join(allowed)} (got {got!r})"
+    guess = _closest(str(got), allowed) if isinstance(got, str) else None
+    return hint + (f"; did you mean {guess}?" if guess else "")
+
+
+def _size(error: dict[str, Any]) -> Optional[str]:
+    kind, ctx, got = error["type"], error.get("ctx") or {}, error.get("input")
+    if kind in _BOUND_HINTS:
+        return f"must be {_BOUND_HINTS[kind]} {ctx.get(_BOUND_KEYS[kind])} (got {got!r})"
+    if kind == "string_too_short":
+        return "must not be empty" if ctx.get("min_length") == 1 else f"must be at least {ctx.get('min_length')} characters long"
+    if kind == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters long (got {len(got) if isinstance(got, str) else '?'})"
+    if kind == "too_short":
+        return f"must have at least {ctx.get('min_length')} item(s) (got {ctx.get('actual_length')})"
+    if kind == "too_long":
+        return f"must have at most {ctx.get('max_length')} item(s) (got {ctx.get('actual_length')})"
+    return None
+
+
+def _hint(error: dict[str, Any], root: Optional[type[BaseModel]] = None) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
-        return "unknown field; check its spelling (fields are camelCase) or remove it"
+        return _unknown_field(error, root)
+    if kind in ("enum", "literal_error"):
+        return _choice(error)
     if kind == "missing":
         return "required field is missing"
+    sized = _size(error)
+    if sized:
+        return sized
     if kind == "string_pattern_mismatch":
         pattern = (error.get("ctx") or {}).get("pattern", "")
         return _PATTERN_HINTS.get(pattern, f"must match the pattern {pattern}") + f" (got {error.get('input')!r})"
@@ -88,11 +164,13 @@ def _hint(error: dict[str, Any]) -> str:
 def field_errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[FieldError]:
     """Flatten a pydantic error into field paths in YAML spelling (spec.algorithm.nSamplesPerPrompt)."""
     errors: list[FieldError] = []
+    root = {model.__name__: model for model in (RLHFJob, RLHFJobSpec)}.get(exc.title)
     for error in exc.errors():
-        loc = prefix + tuple(error["loc"])
         # Unions (quantities) repeat the error per member; the member name is noise.
-        loc = tuple(p for p in loc if p not in ("int", "float", "str", "function-after[_cpu(), union[int,float,str]]"))
-        message = _hint(error)
+        error = {**error, "loc": tuple(p for p in error["loc"]
+                                       if p not in ("int", "float", "str", "function-after[_cpu(), union[int,float,str]]"))}
+        loc = prefix + error["loc"]
+        message = _hint(error, root)
         match = _PATH_PREFIX.match(message)
         if match and error["type"] == "value_error":
             loc = loc + _path_parts(match.group(1))

@@ -1,15 +1,17 @@
 """The ``rlhf`` command line.
 
     rlhf validate JOB.yaml...       check every RLHFJob; one line per error: FILE:LINE: field: problem
-    rlhf render JOB.yaml            the objects the operator would create, as YAML
+    rlhf render JOB.yaml            the objects the operator would create, as YAML (-o json)
     rlhf crd                        the generated CustomResourceDefinition
+    rlhf convert -- COMMAND...      an OpenRLHF training command as an RLHFJob
     rlhf run JOB.yaml --output DIR  run the job locally on an embedded Ray
     rlhf test-reward FILE.py --data SAMPLES.jsonl
     rlhf tiny-model DIR             write a tiny random model + tokenizer for local runs
     rlhf operator                   start the operator
 
 A JOB.yaml of "-" is standard input (`kustomize build | rlhf validate -`); files are read the
-way kubectl reads them (rlhf_api.yamlfile).
+way kubectl reads them (rlhf_api.yamlfile). Exit codes: 0 done, 1 a file could not be read,
+2 input refused (not YAML, or not a valid RLHFJob); `rlhf convert` has its own (rlhf_cli.convert).
 
 Commands that need the worker stack (run, test-reward, tiny-model) import it lazily, so the
 operator image, which has no torch, runs the rest.
@@ -22,28 +24,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-import yaml
+from .output import EXIT_INVALID, EXIT_UNREADABLE, FORMATS, dump_yaml_documents, formatted, worst
 
-EXIT_INVALID = 2
-
-
-class _NoAliasDumper(yaml.SafeDumper):
-    def ignore_aliases(self, data):  # noqa: D401 - yaml hook
-        return True
-
-
-def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
-    # Code and configs read best as literal blocks; YAML cannot write those with trailing spaces.
-    if "\n" in data and not any(line != line.rstrip() for line in data.splitlines()):
-        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|")
-    return dumper.represent_scalar("tag:yaml.org,2002:str", data)
-
-
-_NoAliasDumper.add_representer(str, _str_presenter)
-
-
-def dump_yaml_documents(objects: Sequence[dict]) -> str:
-    return yaml.dump_all(objects, Dumper=_NoAliasDumper, sort_keys=False, width=120)
+__all__ = ["main", "build_parser", "dump_yaml_documents"]
 
 
 def _configmap_sources(pairs: Sequence[str], job_dir: Path) -> dict[str, dict[str, str]]:
@@ -106,32 +89,46 @@ def _print_errors(source: str, errors, document: str = "") -> None:
         print(error.located(source, document), file=sys.stderr)
 
 
+def _as_stored(item, namespace: Optional[str]) -> dict:
+    """A valid job as the operator reads it: its own metadata, the spec with every default filled in."""
+    metadata = dict(item.document.data.get("metadata") or {})
+    if namespace:
+        metadata["namespace"] = namespace
+    return {"apiVersion": item.job.api_version, "kind": item.job.kind, "metadata": metadata, "spec": item.job.spec.dump()}
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Every RLHFJob of every file (or of standard input for "-"); exit 2 if any is refused."""
+    """Every RLHFJob of every file (or of standard input for "-"); exit 2 if any is refused, 1 if
+    a file cannot be read. With -o, the valid jobs are printed with their defaults filled in and
+    the summaries go to stderr."""
     from rlhf_api.validation import InvalidJob, load_jobs
     from rlhf_api.yamlfile import label
 
-    status = 0
+    status, valid = 0, []
+    summaries = sys.stderr if args.output else sys.stdout
     for file in args.files:
         source = label(file)
         try:
             loaded = load_jobs(file)
         except InvalidJob as exc:
             _print_errors(source, exc.errors)
-            status = EXIT_INVALID
+            status = worst(status, EXIT_INVALID)
             continue
         except OSError as exc:
             print(f"{source}: cannot read: {exc.strerror}", file=sys.stderr)
-            status = EXIT_INVALID
+            status = worst(status, EXIT_UNREADABLE)
             continue
         several = len(loaded) > 1
         for item in loaded:
             if item.errors:
                 _print_errors(source, item.errors, item.label() if several else "")
-                status = EXIT_INVALID
+                status = worst(status, EXIT_INVALID)
             else:
+                valid.append(_as_stored(item, args.namespace))
                 print(f"{source}:{item.document.line}: ok: {_summary(item.job)}" if several
-                      else f"{source}: ok: {_summary(item.job)}")
+                      else f"{source}: ok: {_summary(item.job)}", file=summaries)
+    if args.output and valid:
+        sys.stdout.write(formatted(valid, args.output))
     return status
 
 
@@ -168,23 +165,28 @@ def cmd_render(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     except OSError as exc:
         print(f"{exc.filename or source}: cannot read: {exc.strerror}", file=sys.stderr)
-        return EXIT_INVALID
-    sys.stdout.write(dump_yaml_documents(objects))
+        return EXIT_UNREADABLE
+    sys.stdout.write(formatted(objects, args.output))
     return 0
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
-    from rlhf_api.crd import crd_yaml
+    """-o yaml|json prints the CRD; any other -o value is a file to write (JSON for *.json),
+    the spelling the repository has always used to regenerate crds/."""
+    from rlhf_api.crd import crd, crd_yaml
 
-    text = crd_yaml()
-    if args.output:
-        Path(args.output).write_text(text)
+    fmt, target = args.output, None
+    if fmt not in FORMATS:
+        target, fmt = Path(fmt), "json" if fmt.endswith(".json") else "yaml"
+    text = crd_yaml() if fmt == "yaml" else formatted([crd()], "json")
+    if target is not None:
+        target.write_text(text)
     else:
         sys.stdout.write(text)
     return 0
 
 
-def _check_one_job(file: str) -> bool:
+def _check_one_job(file: str) -> int:
     """Refuse, the way `rlhf validate` does, a file `rlhf run` cannot take: unreadable, not YAML,
     invalid, or holding several RLHFJobs (the run needs exactly one)."""
     from rlhf_api.validation import InvalidJob, load_job
@@ -194,16 +196,17 @@ def _check_one_job(file: str) -> bool:
         load_job(file)
     except InvalidJob as exc:
         _print_errors(label(file), exc.errors)
-        return False
+        return EXIT_INVALID
     except OSError as exc:
         print(f"{label(file)}: cannot read: {exc.strerror}", file=sys.stderr)
-        return False
-    return True
+        return EXIT_UNREADABLE
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if not _check_one_job(args.file):
-        return EXIT_INVALID
+    refused = _check_one_job(args.file)
+    if refused:
+        return refused
     try:
         from rlhf_workers.local import run_local
     except ImportError as exc:
@@ -240,26 +243,51 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return run_operator(namespaces=args.namespace, all_namespaces=args.all_namespaces, verbose=args.verbose)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rlhf-operator")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _add_format(p: argparse.ArgumentParser, default: Optional[str], what: str) -> None:
+    p.add_argument("-o", "--output", choices=FORMATS, default=default, help=f"print {what} as yaml or json")
+
+
+def _add_namespace(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("-n", "--namespace", help=f"namespace of {what} (default: the job's own)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf", description="RLHF Operator: RLHFJob tools, local runs and the operator.")
+    parser.add_argument("--version", action="version", version=f"rlhf {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="validate every RLHFJob in files ('-' reads standard input)")
     p.add_argument("files", nargs="+", metavar="JOB.yaml")
+    _add_format(p, None, "the valid jobs, defaults filled in,")
+    _add_namespace(p, "the jobs printed with -o")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("render", help="print the objects the operator would create for every RLHFJob in a file")
     p.add_argument("file", metavar="JOB.yaml", help="the job file; '-' reads standard input")
     p.add_argument("--configmap", action="append", default=[], metavar="NAME=FILE",
                    help="content for a configMapRef: a ConfigMap manifest, or the source file itself")
-    p.add_argument("--namespace", help="namespace to render into (default: the job's)")
+    _add_namespace(p, "the rendered objects")
     p.add_argument("--uid", help="the RLHFJob's uid, for ownerReferences (known only on a cluster)")
     p.add_argument("--worker-image", help="default worker image when spec.cluster.image is unset")
+    _add_format(p, "yaml", "the objects")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("crd", help="print the generated CustomResourceDefinition")
-    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.add_argument("-o", "--output", default="yaml", metavar="yaml|json|FILE",
+                   help="print as yaml (default) or json; any other value is a file to write (JSON if it ends in .json)")
     p.set_defaults(func=cmd_crd)
+
+    from .convert import add_convert_parser
+    add_convert_parser(sub)
 
     p = sub.add_parser("run", help="run a job locally on an embedded Ray")
     p.add_argument("file", metavar="JOB.yaml", help="a file with one RLHFJob; '-' reads standard input")
