@@ -6,13 +6,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from .base import CEL, DNS_LABEL, FREE_FORM, INT_OR_STRING, RAW_SCHEMA, QUANTITY, SpecModel
-from .k8s import (EXTENDED_RESOURCE, EXTENDED_RESOURCE_CEL, LABEL_VALUE, check_annotations, check_extended_resource,
-                  check_labels, volume_source_problems)
+from .base import CEL, DNS_LABEL, FREE_FORM, INT_OR_STRING, RAW_SCHEMA, QUANTITY, SpecModel, snake_case
+from .k8s import (CONFIG_MAP_KEY, DNS1123_SUBDOMAIN, EXTENDED_RESOURCE, EXTENDED_RESOURCE_CEL, LABEL_VALUE,
+                  check_annotations, check_extended_resource, check_labels, config_map_key_problems,
+                  object_name_problems, volume_source_problems)
 from .k8s_volumes import VOLUME_SOURCE_SCHEMAS
-from .names import KUBERAY_ENV, OPERATOR_ENV, RESERVED_MOUNTS, RESERVED_VOLUMES
+from .names import KUBERAY_ENV, OPERATOR_ENV, RESERVED_EXACT_MOUNTS, RESERVED_MOUNTS, RESERVED_VOLUMES
 from .secrets import CREDENTIAL_PROJECTIONS, credential_projection_problems
 
 # The CRD types a volume source as the core types it may be, exactly one of them.
@@ -29,7 +30,7 @@ LABEL_VALUES = {"additionalProperties": {"type": "string", "maxLength": 63, "pat
 # A mount path in the form the kubelet compares: absolute, no empty, '.' or '..' component, no trailing '/'.
 MOUNT_PATH = r"^(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+))+$"
 RESERVED_MOUNT_CEL = (f"!{sorted(RESERVED_MOUNTS)}.exists(p, self == p || self.startsWith(p + '/'))"
-                      .replace('"', "'"))
+                      f" && !(self in {sorted(RESERVED_EXACT_MOUNTS)})").replace('"', "'")
 
 
 def check_volume_source(source: dict[str, Any]) -> None:
@@ -53,6 +54,9 @@ def check_mount_path(path: str) -> str:
 
 
 def check_reserved_path(path: str) -> str:
+    if path.rstrip("/") in RESERVED_EXACT_MOUNTS:
+        raise ValueError(f"the operator mounts a writable emptyDir at {path.rstrip('/')} in every pod (the root file"
+                         " system is read-only); mount at a path inside it or elsewhere")
     for reserved in sorted(RESERVED_MOUNTS):
         if path.rstrip("/") == reserved:
             raise ValueError(f"the operator mounts {reserved} in every pod; mount elsewhere (got {path})")
@@ -117,9 +121,125 @@ class GroupSpec(SpecModel):
         return check_extended_resource(value)
 
 
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+# Names of Secrets, ConfigMaps and service accounts: DNS-1123 subdomains (the API server's NameIsDNSSubdomain).
+OBJECT_NAME = {"maxLength": 253, "pattern": DNS1123_SUBDOMAIN}
+
+
+def _object_name(name: str) -> str:
+    for problem in object_name_problems(name):
+        raise ValueError(f"Invalid value: {name!r}: {problem}")
+    return name
+
+
+class KeySelector(SpecModel):
+    """One key of a Secret or ConfigMap in the job's namespace (core/v1 SecretKeySelector, ConfigMapKeySelector)."""
+
+    name: Annotated[str, Field(description="Name of the Secret or ConfigMap.", json_schema_extra=OBJECT_NAME)]
+    key: Annotated[str, Field(min_length=1, description="The key to select.",
+                              json_schema_extra={"maxLength": 253, "pattern": CONFIG_MAP_KEY})]
+    optional: Annotated[Optional[bool], Field(default=None, description="Start the pod even if the key or object is missing.")] = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _object_name(value)
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        for problem in config_map_key_problems(value):
+            raise ValueError(f"Invalid value: {value!r}: {problem}")
+        return value
+
+
+class ObjectRef(SpecModel):
+    """A whole Secret or ConfigMap in the job's namespace (core/v1 SecretEnvSource, ConfigMapEnvSource)."""
+
+    name: Annotated[str, Field(description="Name of the Secret or ConfigMap.", json_schema_extra=OBJECT_NAME)]
+    optional: Annotated[Optional[bool], Field(default=None, description="Start the pod even if it is missing.")] = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _object_name(value)
+
+
+# The EnvVarSource kinds a job may use; the others (fieldRef, resourceFieldRef, fileKeyRef) are refused by name.
+UNSUPPORTED_ENV_SOURCES = ("fieldRef", "resourceFieldRef", "fileKeyRef")
+
+
+class EnvVarSource(SpecModel):
+    """Where a variable's value comes from: one key of a Secret or of a ConfigMap (core/v1 EnvVarSource)."""
+
+    model_config = ConfigDict(json_schema_extra={CEL: [{
+        "rule": "(has(self.secretKeyRef) ? 1 : 0) + (has(self.configMapKeyRef) ? 1 : 0) == 1",
+        "message": "set exactly one of secretKeyRef or configMapKeyRef"}]})
+
+    secret_key_ref: Annotated[Optional[KeySelector], Field(default=None, description="A key of a Secret (its creator must be allowed to read it).")] = None
+    config_map_key_ref: Annotated[Optional[KeySelector], Field(default=None, description="A key of a ConfigMap.")] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _supported(cls, value: Any) -> Any:
+        for kind in UNSUPPORTED_ENV_SOURCES:
+            if isinstance(value, dict) and kind in value:
+                raise ValueError(f"{kind}: not supported in an RLHFJob; use secretKeyRef or configMapKeyRef")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "EnvVarSource":
+        given = [n for n in ("secretKeyRef", "configMapKeyRef") if getattr(self, snake_case(n)) is not None]
+        if len(given) != 1:
+            raise ValueError("must specify exactly one of: `secretKeyRef` or `configMapKeyRef`"
+                             f" (got {', '.join(given) or 'none'})")
+        return self
+
+
 class EnvVar(SpecModel):
-    name: Annotated[str, Field(min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name.")]
+    """A variable of every Ray container: a literal value, or one taken from a Secret or ConfigMap key."""
+
+    model_config = ConfigDict(json_schema_extra={CEL: [{
+        "rule": "!has(self.valueFrom) || !has(self.value) || self.value == ''",
+        "message": "valueFrom may not be specified when value is not empty"}]})
+
+    name: Annotated[str, Field(min_length=1, pattern=ENV_NAME, description="Variable name.")]
     value: Annotated[str, Field(default="", description="Value.")] = ""
+    value_from: Annotated[Optional[EnvVarSource], Field(default=None, description="Take the value from a Secret or ConfigMap key, e.g. {secretKeyRef: {name: hf, key: token}}.")] = None
+
+    @model_validator(mode="after")
+    def _value_or_source(self) -> "EnvVar":
+        if self.value and self.value_from is not None:
+            raise ValueError("valueFrom: may not be specified when `value` is not empty; remove one of them")
+        return self
+
+
+class EnvFromSource(SpecModel):
+    """Every key of a Secret or ConfigMap as variables (core/v1 EnvFromSource), optionally prefixed."""
+
+    model_config = ConfigDict(json_schema_extra={CEL: [{
+        "rule": "(has(self.secretRef) ? 1 : 0) + (has(self.configMapRef) ? 1 : 0) == 1",
+        "message": "set exactly one of secretRef or configMapRef"}]})
+
+    prefix: Annotated[Optional[str], Field(default=None, description="Prepended to every key, e.g. HF_.",
+                                           json_schema_extra={"pattern": ENV_NAME})] = None
+    secret_ref: Annotated[Optional[ObjectRef], Field(default=None, description="A Secret (its creator must be allowed to read it).")] = None
+    config_map_ref: Annotated[Optional[ObjectRef], Field(default=None, description="A ConfigMap.")] = None
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: Optional[str]) -> Optional[str]:
+        if value and not re.fullmatch(ENV_NAME, value):
+            raise ValueError(f"Invalid value: {value!r}: must start with a letter, '_', '-' or '.' and hold only"
+                             " letters, digits, '_', '-' and '.' (it begins every variable's name)")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "EnvFromSource":
+        given = [n for n in ("secretRef", "configMapRef") if getattr(self, snake_case(n)) is not None]
+        if len(given) != 1:
+            raise ValueError(f"must specify exactly one of: `secretRef` or `configMapRef` (got {', '.join(given) or 'none'})")
+        return self
 
 
 class ExtraVolume(SpecModel):
@@ -157,7 +277,11 @@ class ClusterSpec(SpecModel):
     head: Annotated[GroupSpec, Field(default_factory=lambda: GroupSpec(replicas=1), description="The Ray head pod (runs the driver).")]
     rollout: Annotated[GroupSpec, Field(default_factory=GroupSpec, description="Rollout (vLLM) worker pods.")]
     trainer: Annotated[GroupSpec, Field(default_factory=GroupSpec, description="Trainer (DeepSpeed) worker pods.")]
-    env: Annotated[list[EnvVar], Field(default_factory=list, description="Extra environment for every pod.")]
+    env: Annotated[list[EnvVar], Field(default_factory=list, description="Extra environment for every pod: values, or keys of Secrets and ConfigMaps (valueFrom).")]
+    env_from: Annotated[list[EnvFromSource], Field(default_factory=list, description="Every key of a Secret or ConfigMap as environment of every pod; explicit env wins on a clash.")]
+    service_account_name: Annotated[Optional[str], Field(default=None, description="Service account the Ray pods run as (workload identity); default: the namespace's default.",
+                                                         json_schema_extra=OBJECT_NAME)] = None
+    automount_service_account_token: Annotated[bool, Field(default=False, description="Mount the service account's API token into the Ray pods (user code can read it).")] = False
     volumes: Annotated[list[ExtraVolume], Field(default_factory=list, description="Extra volumes for every pod.")]
     priority_class_name: Annotated[Optional[str], Field(default=None, description="Pod priority class.")] = None
     ray_version: Annotated[str, Field(default="2.60.0", description="Ray version in the image.")] = "2.60.0"
@@ -176,13 +300,21 @@ class ClusterSpec(SpecModel):
     @field_validator("env")
     @classmethod
     def _env_not_kuberays(cls, env: list["EnvVar"]) -> list["EnvVar"]:
+        names = [var.name for var in env]
         for i, var in enumerate(env):
+            if var.name in names[:i]:
+                raise ValueError(f"[{i}].name: {var.name} is given twice (pods take each variable once)")
             if var.name in KUBERAY_ENV:
                 raise ValueError(f"[{i}].name: {var.name} is set by KubeRay on every Ray pod (the driver joins the "
                                  "cluster through it); remove it")
             if var.name in OPERATOR_ENV:
                 raise ValueError(f"[{i}].name: {var.name} is set by the operator; remove it")
         return env
+
+    @field_validator("service_account_name")
+    @classmethod
+    def _service_account(cls, value: Optional[str]) -> Optional[str]:
+        return value if value is None else _object_name(value)
 
     @field_validator("image_pull_secrets")
     @classmethod

@@ -99,6 +99,40 @@ def check_extended_resource(name: str) -> str:
     return name
 
 
+DNS1123_SUBDOMAIN = rf"^{_DNS1123_SUBDOMAIN}$"
+CONFIG_MAP_KEY = r"^[-._a-zA-Z0-9]+$"
+SUBDOMAIN_MESSAGE = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.',"
+                     " and must start and end with an alphanumeric character (e.g. 'example.com', regex used for"
+                     f" validation is '{_DNS1123_SUBDOMAIN}')")
+CONFIG_MAP_KEY_MESSAGE = ("a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g."
+                          " 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is"
+                          " '[-._a-zA-Z0-9]+')")
+
+
+def object_name_problems(name: str) -> list[str]:
+    """NameIsDNSSubdomain: how the API server checks the name of a Secret, ConfigMap or ServiceAccount
+    that a pod refers to (ValidateSecretName, ValidateConfigMapName, ValidateServiceAccountName)."""
+    if len(name) > 253:
+        return ["must be no more than 253 characters"]
+    return [] if re.fullmatch(_DNS1123_SUBDOMAIN, name) else [SUBDOMAIN_MESSAGE]
+
+
+def config_map_key_problems(key: str) -> list[str]:
+    """IsConfigMapKey: the key of a Secret or ConfigMap a secretKeyRef/configMapKeyRef selects."""
+    problems = []
+    if len(key) > 253:
+        problems.append("must be no more than 253 characters")
+    if not re.fullmatch(CONFIG_MAP_KEY[1:-1], key):
+        problems.append(CONFIG_MAP_KEY_MESSAGE)
+    if key == ".":
+        problems.append("must not be '.'")
+    elif key == "..":
+        problems.append("must not be '..'")
+    elif key.startswith(".."):
+        problems.append("must not start with '..'")
+    return problems
+
+
 def volume_source_problems(source: dict[str, Any]) -> list[str]:
     """The one source's fields against the API server's schema of that source type (paths are relative)."""
     (kind, body), = source.items()

@@ -62,7 +62,8 @@ def secret_references(spec: Any) -> list[SecretReference]:
     """Every Secret an RLHFJobSpec names, in spec order, each with its field path.
 
     Covers the W&B key, the remote reward's token, secret, projected-secret and CSI-credential
-    volumes (cluster.volumes and checkpoint.volume), and imagePullSecrets: pull credentials never
+    volumes (cluster.volumes and checkpoint.volume), Secret-backed environment (cluster.env[].valueFrom
+    .secretKeyRef and cluster.envFrom[].secretRef), and imagePullSecrets: pull credentials never
     reach the container, but they let the kubelet fetch images the creator might not be able to.
     """
     refs: list[SecretReference] = []
@@ -76,6 +77,13 @@ def secret_references(spec: Any) -> list[SecretReference]:
         refs.extend(_volume_secrets(spec.checkpoint.volume, "spec.checkpoint.volume"))
     for i, volume in enumerate(spec.cluster.volumes):
         refs.extend(_volume_secrets(volume.source, f"spec.cluster.volumes[{i}].source"))
+    for i, var in enumerate(spec.cluster.env):
+        if var.value_from is not None and var.value_from.secret_key_ref is not None:
+            refs.append(SecretReference(f"spec.cluster.env[{i}].valueFrom.secretKeyRef.name",
+                                        var.value_from.secret_key_ref.name))
+    for i, source in enumerate(spec.cluster.env_from):
+        if source.secret_ref is not None:
+            refs.append(SecretReference(f"spec.cluster.envFrom[{i}].secretRef.name", source.secret_ref.name))
     for i, name in enumerate(spec.cluster.image_pull_secrets):
         refs.append(SecretReference(f"spec.cluster.imagePullSecrets[{i}]", name))
     return refs

@@ -256,7 +256,8 @@ def _env(job: RLHFJob) -> list[dict[str, Any]]:
     remote = spec.reward.remote if spec.reward else None
     if remote and remote.token_secret_ref:
         env.append({"name": ENV_REWARD_TOKEN, "valueFrom": {"secretKeyRef": remote.token_secret_ref.dump()}})
-    env += [{"name": e.name, "value": e.value} for e in spec.cluster.env]
+    env += [{"name": e.name, "valueFrom": e.value_from.dump()} if e.value_from is not None
+            else {"name": e.name, "value": e.value} for e in spec.cluster.env]
     return env
 
 
@@ -302,6 +303,7 @@ def _pod_template(job: RLHFJob, component: str, group: GroupSpec, container_name
         "name": container_name,
         "image": image,
         "env": _env(job),
+        **({"envFrom": [source.dump() for source in cluster.env_from]} if cluster.env_from else {}),
         "volumeMounts": mounts,
         "securityContext": _container_security(),
     }
@@ -311,7 +313,8 @@ def _pod_template(job: RLHFJob, component: str, group: GroupSpec, container_name
     if ports:
         container["ports"] = ports
     pod: dict[str, Any] = {
-        "automountServiceAccountToken": False,
+        # No API token unless the job asks for one: the pods run user code.
+        "automountServiceAccountToken": cluster.automount_service_account_token,
         "enableServiceLinks": False,
         "securityContext": _pod_security(),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
@@ -324,6 +327,8 @@ def _pod_template(job: RLHFJob, component: str, group: GroupSpec, container_name
         pod["tolerations"] = copy.deepcopy(group.tolerations)
     if group.affinity:
         pod["affinity"] = copy.deepcopy(group.affinity)
+    if cluster.service_account_name:
+        pod["serviceAccountName"] = cluster.service_account_name
     if cluster.priority_class_name:
         pod["priorityClassName"] = cluster.priority_class_name
     if cluster.image_pull_secrets:
