@@ -38,6 +38,7 @@ class Server:
     script: list = field(default_factory=list)  # Replies consumed in order; then `default`
     default: Optional[Callable[[dict], Reply]] = None
     token: Optional[str] = None
+    connections: int = 0  # TCP connections the server accepted
 
 
 def contract(payload: dict) -> Reply:
@@ -52,6 +53,8 @@ def server():
     state = Server(url="")
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as real reward servers (uvicorn, gunicorn) speak
+
         def log_message(self, *args):  # keep test output clean
             pass
 
@@ -81,7 +84,13 @@ def server():
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class CountingServer(ThreadingHTTPServer):
+        def get_request(self):
+            accepted = super().get_request()
+            state.connections += 1
+            return accepted
+
+    httpd = CountingServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
@@ -274,3 +283,44 @@ def test_constructor_validation():
         RemoteReward("http://x", batch_size=0)
     with pytest.raises(ValueError, match="retries"):
         RemoteReward("http://x", retries=-1)
+
+
+def test_requests_reuse_one_kept_alive_connection(server):
+    rm, _ = remote(server, batch_size=2)
+    for _ in range(3):
+        rm.score(Q, P, L)  # three requests per call
+    assert len(server.requests) == 9
+    assert server.connections == 1
+    rm.close()
+    rm.score(Q[:1], P[:1], L[:1])  # a closed executor opens a new connection when used again
+    assert server.connections == 2
+    rm.close()
+
+
+def test_retries_after_503_stay_on_the_same_connection(server):
+    server.script = [Reply(503, {"error": "busy"}), Reply(503, "busy")]
+    rm, sleeps = remote(server, retries=3)
+    rm.score(Q[:1], P[:1], L[:1])
+    assert len(server.requests) == 3 and len(sleeps) == 2 and server.connections == 1
+    rm.close()
+
+
+def test_a_redirect_is_reported_not_followed(server):
+    server.default = lambda payload: Reply(307, "", headers={"Location": "http://elsewhere/get_reward"})
+    rm, sleeps = remote(server, retries=3)
+    with pytest.raises(RemoteRewardError) as info:
+        rm.score(Q[:1], P[:1], L[:1])
+    assert info.value.status == 307 and "http://elsewhere/get_reward" in str(info.value)
+    assert len(server.requests) == 1 and sleeps == []
+
+
+def test_an_executor_sent_to_another_process_opens_its_own_connection(server):
+    import pickle
+
+    rm, _ = remote(server)
+    rm.score(Q[:1], P[:1], L[:1])
+    copy = pickle.loads(pickle.dumps(rm))
+    assert copy.score(Q[:1], P[:1], L[:1]).rewards.tolist() == [2.0]
+    assert server.connections == 2
+    rm.close()
+    copy.close()

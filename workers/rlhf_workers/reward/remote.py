@@ -1,16 +1,20 @@
 """The remote executor: an HTTP reward server speaking OpenRLHF's remote RM contract
-(``remote_rm_utils``), with retries, backoff and batching."""
+(``remote_rm_utils``), with retries, backoff and batching.
+
+Requests go through one ``httpx.Client`` per executor, so a reward worker keeps its
+keep-alive connection to the server across batches and steps instead of opening one per
+request; the retry policy (which answers are retried, backoff, Retry-After) is this module's.
+"""
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
+import threading
 import time
-import urllib.error
-import urllib.request
 from typing import Any, Callable, Optional
 
+import httpx
 import torch
 
 from .contract import check_inputs, validate_reward_output
@@ -40,6 +44,9 @@ class RemoteReward(RewardExecutor):
         batch_size: split a batch into requests of at most this many samples.
         backoff_s, max_backoff_s: exponential backoff ``backoff_s * 2**attempt`` capped at
             ``max_backoff_s``; a numeric ``Retry-After`` header on 429/503 is honoured (capped).
+
+    Redirects are not followed (a POST body does not survive most of them): a 3xx answer is
+    reported with its Location. ``close()`` ends the kept-alive connections.
     """
 
     RETRY_STATUSES = frozenset({429, 500, 502, 503, 504}) | frozenset(range(505, 600))
@@ -70,6 +77,31 @@ class RemoteReward(RewardExecutor):
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self._sleep = sleep
+        self._client: Optional[httpx.Client] = None
+        self._client_lock = threading.Lock()
+
+    def _http(self) -> httpx.Client:
+        """The shared client, made on first use (an executor built elsewhere and shipped to a
+        Ray actor opens its connections where it runs)."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = httpx.Client(timeout=self.timeout_s, follow_redirects=False, headers=self._headers())
+            return self._client
+
+    def close(self) -> None:
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_client"], state["_client_lock"] = None, None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._client_lock = threading.Lock()
 
     def score(self, queries, prompts, labels=None) -> RewardResult:
         labels = check_inputs(queries, prompts, labels)
@@ -111,42 +143,24 @@ class RemoteReward(RewardExecutor):
     def _post(self, payload: dict) -> Any:
         data = json.dumps(payload).encode("utf-8")
         attempts = self.retries + 1
-        last = ""
-        last_status: Optional[int] = None
-        last_body: Optional[str] = None
+        last, last_status, last_body = "", None, None
         for attempt in range(attempts):
-            request = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
             retry_after = None
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    raw = response.read()
-                    status = response.status
-            except urllib.error.HTTPError as exc:
-                body = _read_body(exc)
-                last_status, last_body = exc.code, body
-                last = f"HTTP {exc.code} {exc.reason}: {_snip(body)}"
-                if exc.code not in self.RETRY_STATUSES:
-                    hint = " (check the token)" if exc.code in (401, 403) else ""
-                    raise RemoteRewardError(
-                        f"reward server {self.url} answered {last}{hint}",
-                        url=self.url, status=exc.code, body=body, attempts=attempt + 1) from None
-                retry_after = exc.headers.get("Retry-After") if exc.headers else None
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-                reason = getattr(exc, "reason", exc)
-                if isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError):  # socket.timeout included
-                    last = f"timed out after {self.timeout_s:g}s"
-                else:
-                    last = f"connection failed: {reason}"
-                last_status, last_body = None, None
+                response = self._http().post(self.url, content=data)
+            except httpx.TimeoutException:
+                last, last_status, last_body = f"timed out after {self.timeout_s:g}s", None, None
+            except httpx.TransportError as exc:
+                last, last_status, last_body = f"connection failed: {exc or type(exc).__name__}", None, None
             else:
-                text = raw.decode("utf-8", errors="replace")
-                try:
-                    return json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise RemoteRewardError(
-                        f"reward server {self.url} answered HTTP {status} with a body that is not JSON "
-                        f"({exc.msg} at position {exc.pos}): {_snip(text)}",
-                        url=self.url, status=status, body=text, attempts=attempt + 1) from None
+                status, body = response.status_code, response.text
+                if 200 <= status < 300:
+                    return self._json(status, body, attempt)
+                last_status, last_body = status, body
+                last = f"HTTP {status} {response.reason_phrase}: {_snip(body)}"
+                if status not in self.RETRY_STATUSES:
+                    raise self._refused(last, status, body, attempt, response.headers.get("Location"))
+                retry_after = response.headers.get("Retry-After")
             if attempt + 1 < attempts:
                 delay = self._delay(attempt, retry_after)
                 logger.warning("reward server %s: %s; retry %d/%d in %.2fs", self.url, last, attempt + 1,
@@ -156,12 +170,22 @@ class RemoteReward(RewardExecutor):
             f"reward server {self.url} failed after {attempts} attempt(s); last error: {last}",
             url=self.url, status=last_status, body=last_body, attempts=attempts)
 
+    def _json(self, status: int, text: str, attempt: int) -> Any:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RemoteRewardError(
+                f"reward server {self.url} answered HTTP {status} with a body that is not JSON "
+                f"({exc.msg} at position {exc.pos}): {_snip(text)}",
+                url=self.url, status=status, body=text, attempts=attempt + 1) from None
 
-def _read_body(exc: urllib.error.HTTPError) -> str:
-    try:
-        return exc.read().decode("utf-8", errors="replace")
-    except Exception:  # noqa: BLE001
-        return ""
+    def _refused(self, last: str, status: int, body: str, attempt: int, location: Optional[str]) -> RemoteRewardError:
+        """An answer that retrying will not change: 4xx other than 429, or a redirect."""
+        hint = " (check the token)" if status in (401, 403) else ""
+        if 300 <= status < 400:
+            hint = f" (redirects are not followed: set the url to {location or 'the final address'})"
+        return RemoteRewardError(f"reward server {self.url} answered {last}{hint}",
+                                 url=self.url, status=status, body=body, attempts=attempt + 1)
 
 
 def _snip(text: str, limit: int = _BODY_PREVIEW) -> str:
