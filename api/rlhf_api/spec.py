@@ -311,6 +311,20 @@ class RolloutSpec(SpecModel):
     enforce_eager: Annotated[bool, Field(default=False, description="Disable CUDA graphs in vLLM.")] = False
 
 
+class WeightSyncSpec(SpecModel):
+    """How new weights reach separate rollout engines (the distributed placement) after each update."""
+
+    method: Annotated[
+        Literal["collective", "objectStore"],
+        Field(default="collective", description="collective: trainer rank 0 broadcasts to the engines' workers over a "
+              "process group of its own (NCCL on GPUs, gloo on CPUs); objectStore: through Ray's object store (fallback)."),
+    ] = "collective"
+    bucket_mb: Annotated[
+        int, Field(default=256, ge=1, le=65536, alias="bucketMB",
+                   description="Largest bucket of parameters gathered and broadcast at once, in MiB."),
+    ] = 256
+
+
 class TrainingSpec(SpecModel):
     """Optimization: batch sizes, learning rates, epochs, DeepSpeed ZeRO."""
 
@@ -339,6 +353,9 @@ class TrainingSpec(SpecModel):
     gradient_checkpointing: Annotated[bool, Field(default=False, description="Trade compute for memory.")] = False
     offload: Annotated[bool, Field(default=False, description="Offload optimizer state to CPU (OpenRLHF --adam_offload).")] = False
     seed: Annotated[int, Field(default=42, description="Random seed.")] = 42
+    weight_sync: Annotated[
+        WeightSyncSpec, Field(default_factory=WeightSyncSpec, description="Weight push to separate rollout engines."),
+    ]
 
     @model_validator(mode="after")
     def _divisible(self) -> "TrainingSpec":

@@ -15,7 +15,7 @@ Modules
 ``cluster``      Ray actors per role, placement groups, reward workers
 ``rollout``      rollout engines: vLLM and transformers behind one interface
 ``trainer``      DeepSpeed policy and critic, the reference model
-``weight_sync``  trainer -> engine weight transfer (in-process, object store, NCCL seam)
+``weight_sync``  trainer -> engine weight transfer (in-process, collective broadcast, object store)
 ``algorithms``   advantage estimators, KL, PPO losses, dynamic filtering
 ``reward``       the reward_func contract, remote reward servers, reward models
 ``data``         prompt datasets and their resumable order

@@ -36,7 +36,8 @@ from .batch import MicroBatch
 from .reward import (LocalFunctionReward, RemoteReward, RewardContractError, RewardError, RewardFunctionError,
                      RewardModelReward, RewardResult)
 from .rollout import Generation, SamplingConfig, make_engine
-from .weight_sync import ColocatedSync, ObjectStoreSync, WeightSync
+from .weight_sync import (ColocatedSync, CollectiveSync, ObjectStoreSync, SyncGroup, TensorLayout, WeightSync,
+                          module_layout, send_parameters)
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class RoleWorker:
         self.total_optimizer_steps = total_optimizer_steps
         self.max_model_len = max_model_len
         self.engine = self.policy = self.ref = self.critic = None
+        self.sync_group: Optional[SyncGroup] = None  #: trainer rank 0's end of the collective weight push
 
     def address(self) -> tuple[str, int]:
         """Where rank 0 listens for the DeepSpeed world (this node's IP and a free port)."""
@@ -109,6 +111,22 @@ class RoleWorker:
 
     def sync_colocated_engine(self) -> None:
         self.engine.load_weights(self.policy.iter_weights())
+
+    # collective weight sync (trainer rank 0 sends, engine workers receive; see weight_sync)
+    def weight_layout(self) -> list[TensorLayout]:
+        return module_layout(self.policy.module)
+
+    def join_weight_group(self, host: str, port: int, first_rank: int, world_size: int) -> str:
+        if self.engine is not None:
+            return self.engine.join_weight_group(host, port, first_rank, world_size)
+        self.sync_group = SyncGroup(host, port, first_rank, world_size)
+        return self.sync_group.backend
+
+    def broadcast_weights(self, bucket_bytes: int) -> int:
+        return send_parameters(self.policy.module, bucket_bytes, self.sync_group)
+
+    def receive_weights(self, layout: list[TensorLayout], bucket_bytes: int) -> int:
+        return self.engine.receive_weights(layout, bucket_bytes)
 
     def gather_weights(self, send: bool) -> Optional[list[tuple[str, torch.Tensor]]]:
         weights = [(name, t.cpu()) if send else None for name, t in self.policy.iter_weights(clone=send)]
@@ -244,6 +262,18 @@ def split_evenly(items: list, parts: int) -> list[list]:
 
 
 # --------------------------------------------------------------------------- the cluster
+
+
+def make_weight_sync(spec: RLHFJobSpec, cluster: "Cluster") -> WeightSync:
+    """The weight push for the placement and ``training.weightSync``."""
+    if cluster.placement == "colocated":
+        return ColocatedSync(cluster.workers)
+    choice = spec.training.weight_sync
+    if choice.method == "objectStore":
+        return ObjectStoreSync(cluster.policy.actors, cluster.engines.actors)
+    per_engine = spec.rollout.tensor_parallel_size if spec.rollout.backend == "vllm" else 1
+    return CollectiveSync(cluster.policy.actors, cluster.engines.actors, workers_per_engine=per_engine,
+                          bucket_bytes=choice.bucket_mb << 20)
 
 
 def resolve_placement(spec: RLHFJobSpec) -> str:
@@ -393,10 +423,11 @@ class Cluster:
         except BaseException:
             cluster.shutdown()
             raise
-        if placement == "colocated":
-            cluster.weight_sync = ColocatedSync(cluster.workers)
-        else:
-            cluster.weight_sync = ObjectStoreSync(cluster.policy, cluster.engines)
+        try:
+            cluster.weight_sync = make_weight_sync(spec, cluster)
+        except BaseException:
+            cluster.shutdown()
+            raise
         return cluster
 
     # ---- rollout

@@ -25,6 +25,8 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 
+from .weight_sync import SyncGroup, TensorLayout, receive_into
+
 logger = logging.getLogger(__name__)
 
 
@@ -77,6 +79,21 @@ class RolloutEngine(abc.ABC):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace the model's weights with ``(name, tensor)`` pairs in Hugging Face naming."""
 
+    _sync_group: Optional[SyncGroup] = None
+
+    def join_weight_group(self, host: str, port: int, first_rank: int, world_size: int) -> str:
+        """Join the trainer's weight-sync group (:class:`~rlhf_workers.weight_sync.SyncGroup`); returns its backend.
+
+        An engine that runs in this process takes one rank; :class:`VllmEngine` overrides this to
+        put each of its workers in the group.
+        """
+        self._sync_group = SyncGroup(host, port, first_rank, world_size)
+        return self._sync_group.backend
+
+    def receive_weights(self, layout: Sequence[TensorLayout], bucket_bytes: int) -> int:
+        """Receive one collective push into the model; returns the bytes received."""
+        return receive_into(self.load_weights, self._sync_group, layout, bucket_bytes)
+
     def close(self) -> None:
         pass
 
@@ -111,6 +128,8 @@ class VllmEngine(RolloutEngine):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import LLM
 
+        from .vllm_extension import QUALNAME
+
         kwargs = {}
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             kwargs["distributed_executor_backend"] = "external_launcher"
@@ -130,6 +149,7 @@ class VllmEngine(RolloutEngine):
             # processed_logprobs = log_softmax(logits / T) (plus top-k/top-p masking when set).
             logprobs_mode="processed_logprobs" if temperature_logprobs else "raw_logprobs",
             async_scheduling=True,  # schedules step t+1 while t runs: ~15% faster at tiny sizes on CPU
+            worker_extension_cls=QUALNAME,  # receives collective weight pushes in every vLLM worker
             **kwargs,
         )
 
@@ -167,6 +187,17 @@ class VllmEngine(RolloutEngine):
     def load_weights(self, weights):
         self._worker().reload_weights(weights_iterator=iter(weights))
         self.llm.reset_prefix_cache()
+
+    def join_weight_group(self, host, port, first_rank, world_size):
+        # every worker of this engine (one per tensor-parallel rank) joins, through vLLM's extension point
+        backends = self.llm.collective_rpc("rlhf_join_weight_group", args=(host, port, first_rank, world_size))
+        return backends[0]
+
+    def receive_weights(self, layout, bucket_bytes):
+        received = self.llm.collective_rpc("rlhf_receive_weights",
+                                           args=([[n, list(s), d] for n, s, d in layout], bucket_bytes))
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+        return received[0]
 
 
 # --------------------------------------------------------------------------- transformers

@@ -26,7 +26,8 @@ samples trained on (they differ only with dynamic filtering), ``filter/pass_rate
 ``clip_fraction``, ``ppo_kl``, ``grad_norm``, ``lr``, ``entropy`` (with an entropy bonus),
 ``critic_loss`` / ``values`` (gae), ``response_length/mean|max``, ``response/clip_ratio``
 (responses cut at ``maxNewTokens``), ``rollout/logprob_diff_mean|max`` (engine vs trainer
-logprobs of the sampled tokens: the weight-sync check), ``samples``, ``samples_per_second``,
+logprobs of the sampled tokens: the weight-sync check), ``weight_sync/backend`` (``gloo``, ``nccl``,
+``object_store`` or ``colocated``) and ``weight_sync/bytes`` (the weights pushed), ``samples``, ``samples_per_second``,
 ``advantages/zero_groups`` (trained prompt groups whose rewards tie: no signal; group estimators),
 ``tokens_per_second`` (generation), ``time/generate|reward|logprobs|advantages|update|weight_sync|checkpoint|step``,
 and ``extra/<key>`` for every ``extra_logs`` key of the reward.
@@ -157,12 +158,13 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
 
                 # ------------------------------------------------ 7. weight sync
                 with t("weight_sync"):
-                    s.cluster.weight_sync.push()
+                    synced = s.cluster.weight_sync.push()
                 s.last_sync = utc_now()
                 check_weight_sync(stats, step)
 
                 row.update(update_metrics(batch.samples, kl_metric(kl, passes.action_mask, stats, algo.kl.coef),
                                           adv, stats))
+                row.update(synced.metrics())  # weight_sync/backend and weight_sync/bytes
             else:
                 s.reporter.message(f"step {step + 1}: no prompt group passed dynamic filtering; nothing to train on")
                 row.update({"samples": 0, "kl": 0.0})

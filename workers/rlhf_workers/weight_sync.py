@@ -1,18 +1,26 @@
 """Moving the policy's new weights from the trainers to the rollout engines after each update.
 
-One interface, :class:`WeightSync` (``push() -> seconds``), chosen by placement:
+One interface, :class:`WeightSync` (``push() -> SyncReport``), chosen by placement and by
+``training.weightSync.method``:
 
 * :class:`ColocatedSync` - engine and trainer share a process (hybrid engine): each trainer
   rank streams its full parameters straight into its own engine's ``load_weights``; nothing
   leaves the process. Under ZeRO-3 the ranks gather parameter by parameter, together.
-* :class:`ObjectStoreSync` - separate engine actors: trainer rank 0 gathers the full state
-  dict (all ranks take part under ZeRO-3) and returns it through Ray's object store; every
-  engine loads it. Correct anywhere, and what CPU clusters use.
-* :class:`NcclBroadcastSync` - the GPU path for separate engines (a seam, not yet wired):
-  trainer rank 0 and every engine worker join one NCCL group and rank 0 broadcasts each
-  tensor; vLLM ships the receiving side as its ``nccl`` weight-transfer engine
-  (``WeightTransferConfig(backend="nccl")``, ``update_weights``). Implementing ``push``
-  here is all a GPU deployment needs; the driver does not change.
+* :class:`CollectiveSync` (``method: collective``, the default for separate engines) - trainer
+  rank 0 and every engine worker (``tensorParallelSize`` of them per engine) form a
+  ``torch.distributed`` process group of their own (:class:`SyncGroup`: its own TCP store and
+  port, so DeepSpeed's default group is never touched; NCCL on GPUs, gloo on CPUs). Rank 0
+  broadcasts the parameters in buckets of at most ``bucketMB``; under ZeRO-3 all trainer ranks
+  gather one bucket at a time, so the full model never exists twice. vLLM workers receive
+  through :mod:`rlhf_workers.vllm_extension` (``worker_extension_cls``, driven with
+  ``collective_rpc``); each tensor-parallel worker takes the full tensors and vLLM's own
+  ``load_weights`` keeps its shard.
+* :class:`ObjectStoreSync` (``method: objectStore``) - trainer rank 0 gathers the full state
+  dict and returns it through Ray's object store; every engine loads it. Slower (a copy into
+  and out of the store per engine), but needs nothing beyond Ray.
+
+Both sides of the collective derive the same bucket layout from the parameter list
+(:func:`plan_buckets`), so only the names, shapes and dtypes cross Ray, once per push.
 
 Whatever the path, the sync is checked every step: the first optimizer step's forward pass
 runs on the weights the engines sampled with, and the trainer reports
@@ -22,49 +30,284 @@ runs on the weights the engines sampled with, and the trainer reports
 from __future__ import annotations
 
 import abc
+import contextlib
 import time
-from typing import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import ray
+import torch
+
+#: Bytes per bucket when the spec does not say (``training.weightSync.bucketMB``).
+DEFAULT_BUCKET_BYTES = 256 << 20
+#: Tensor offsets inside a bucket are multiples of this, so any dtype can be viewed in place.
+ALIGN = 64
+#: How long joining the group or one broadcast may take before it fails instead of hanging.
+GROUP_TIMEOUT_S = 600.0
+
+#: One parameter as both sides know it: (Hugging Face name, full shape, dtype name such as "float32").
+TensorLayout = tuple[str, tuple[int, ...], str]
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What one push did: the transport, the bytes of weights moved, how long it took."""
+
+    backend: str  #: "gloo", "nccl", "object_store" or "colocated"
+    bytes: int
+    seconds: float
+
+    def metrics(self) -> dict:
+        return {"weight_sync/backend": self.backend, "weight_sync/bytes": self.bytes}
 
 
 class WeightSync(abc.ABC):
     @abc.abstractmethod
-    def push(self) -> float:
-        """Send the trainers' current weights to every engine; returns the seconds it took."""
+    def push(self) -> SyncReport:
+        """Send the trainers' current weights to every engine."""
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- bucket layout
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Consecutive parameters packed into one flat byte buffer: ``tensors[i]`` starts at ``offsets[i]``."""
+
+    tensors: tuple[TensorLayout, ...]
+    offsets: tuple[int, ...]
+    nbytes: int
+
+
+def tensor_bytes(layout: TensorLayout) -> int:
+    _, shape, dtype = layout
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    return count * torch.empty((), dtype=getattr(torch, dtype)).element_size()
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def plan_buckets(layout: Sequence[TensorLayout], bucket_bytes: int) -> list[Bucket]:
+    """Parameters in order, greedily packed into buckets of at most ``bucket_bytes``.
+
+    A parameter larger than ``bucket_bytes`` travels alone in a bucket of its own size. Pure and
+    deterministic: the sender and every receiver compute the same plan from the same layout.
+    """
+    if bucket_bytes <= 0:
+        raise ValueError(f"bucket size must be positive, got {bucket_bytes}")
+    buckets: list[Bucket] = []
+    tensors: list[TensorLayout] = []
+    offsets: list[int] = []
+    used = 0
+    for entry in layout:
+        size = tensor_bytes(entry)
+        if tensors and _aligned(used) + size > bucket_bytes:
+            buckets.append(Bucket(tuple(tensors), tuple(offsets), used))
+            tensors, offsets, used = [], [], 0
+        start = _aligned(used)
+        tensors.append((entry[0], tuple(entry[1]), entry[2]))
+        offsets.append(start)
+        used = start + size
+    if tensors:
+        buckets.append(Bucket(tuple(tensors), tuple(offsets), used))
+    return buckets
+
+
+def module_layout(module: torch.nn.Module) -> list[TensorLayout]:
+    """The full (unpartitioned) shape and dtype of every parameter, ZeRO-3 shards included."""
+    out = []
+    for name, param in module.named_parameters():
+        shape = tuple(param.ds_shape) if hasattr(param, "ds_id") else tuple(param.shape)
+        out.append((name, shape, str(param.dtype).removeprefix("torch.")))
+    return out
+
+
+# --------------------------------------------------------------------------- the process group
+
+
+def collective_backend() -> str:
+    """One code path, the backend chosen by device."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+class SyncGroup:
+    """A process group made for the weight push: trainer rank 0 is rank 0, engine workers follow.
+
+    It has its own TCP store (hosted by rank 0 on ``port``) and is built from the backend
+    classes directly, not through ``init_process_group``, so it neither needs nor disturbs the
+    default group DeepSpeed (or vLLM) set up in the same process. Construction blocks until
+    every rank has joined.
+    """
+
+    def __init__(self, host: str, port: int, rank: int, world_size: int, timeout_s: float = GROUP_TIMEOUT_S):
+        import torch.distributed as dist
+
+        timeout = timedelta(seconds=timeout_s)
+        self.rank, self.world_size = rank, world_size
+        self.backend = collective_backend()
+        self.device = _device()
+        store = dist.TCPStore(host, port, world_size, rank == 0, timeout=timeout)
+        self.store = dist.PrefixStore("rlhf-weight-sync", store)
+        if self.backend == "nccl":
+            self.group = dist.ProcessGroupNCCL(self.store, rank, world_size)
+        else:
+            self.group = dist.ProcessGroupGloo(self.store, rank, world_size, timeout)
+        self._tcp_store = store  # rank 0 serves the store: keep it alive as long as the group
+
+    def broadcast(self, tensor: torch.Tensor) -> None:
+        """Rank 0's ``tensor`` into every rank's ``tensor`` (same size and device kind everywhere)."""
+        import torch.distributed as dist
+
+        options = dist.BroadcastOptions()
+        options.rootRank = 0
+        self.group.broadcast([tensor], options).wait()
+        if tensor.is_cuda:
+            torch.cuda.current_stream().synchronize()
+
+
+@contextlib.contextmanager
+def _gathered(params: list[torch.nn.Parameter]):
+    """ZeRO-3 shards gathered to full tensors on every rank for the block (read-only); others as they are."""
+    partitioned = [p for p in params if hasattr(p, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned):
+        yield
+
+
+def send_parameters(module: torch.nn.Module, bucket_bytes: int, group: Optional[SyncGroup]) -> int:
+    """Trainer side of a push; every rank of the trainer world calls it, rank 0 with ``group``.
+
+    Under ZeRO-3 each bucket's parameters are gathered by all ranks together, copied into one
+    reused flat buffer on rank 0 and broadcast; then the gather is released. Returns the bytes sent.
+    """
+    params = dict(module.named_parameters())
+    zero3 = any(hasattr(p, "ds_id") for p in params.values())
+    if group is None and not zero3:
+        return 0  # without ZeRO-3, ranks other than 0 have no part in the push
+    buckets = plan_buckets(module_layout(module), bucket_bytes)
+    buffer = None
+    if group is not None and buckets:
+        buffer = torch.empty(max(b.nbytes for b in buckets), dtype=torch.uint8, device=group.device)
+    sent = 0
+    for bucket in buckets:
+        members = [params[name] for name, _, _ in bucket.tensors]
+        with _gathered(members):
+            if group is None:
+                continue
+            for (name, shape, dtype), offset, param in zip(bucket.tensors, bucket.offsets, members):
+                flat = param.data.detach().contiguous().reshape(-1).view(torch.uint8)
+                buffer[offset:offset + flat.numel()].copy_(flat)
+            group.broadcast(buffer[:bucket.nbytes])
+            sent += bucket.nbytes
+    return sent
+
+
+def receive_parameters(group: SyncGroup, layout: Sequence[TensorLayout], bucket_bytes: int
+                       ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Engine side: ``(name, tensor)`` pairs as the buckets arrive, for a ``load_weights`` to consume.
+
+    Each bucket gets a fresh buffer and the yielded tensors are views into it, so a loader that
+    holds some tensors back (vLLM reloads layer by layer) keeps valid data.
+    """
+    for bucket in plan_buckets(layout, bucket_bytes):
+        buffer = torch.empty(bucket.nbytes, dtype=torch.uint8, device=group.device)
+        group.broadcast(buffer)
+        for (name, shape, dtype), offset in zip(bucket.tensors, bucket.offsets):
+            size = tensor_bytes((name, shape, dtype))
+            yield name, buffer[offset:offset + size].view(getattr(torch, dtype)).view(shape)
+
+
+def receive_into(load: Callable[[Iterable[tuple[str, torch.Tensor]]], None], group: SyncGroup,
+                 layout: Sequence[TensorLayout], bucket_bytes: int) -> int:
+    """Run ``load`` on the incoming weights; whatever it leaves unread is still received (the
+    broadcasts must all happen), and a weight it skipped is an error. Returns the bytes received."""
+    stream = receive_parameters(group, layout, bucket_bytes)
+    seen: list[str] = []
+
+    def counted():
+        for name, tensor in stream:
+            seen.append(name)
+            yield name, tensor
+
+    load(counted())
+    leftover = [name for name, _ in stream]
+    if leftover:
+        raise RuntimeError(f"the engine's load_weights stopped before {len(leftover)} weights "
+                           f"(first: {leftover[0]}); the weights are only partly updated")
+    return sum(b.nbytes for b in plan_buckets(layout, bucket_bytes))
+
+
+# --------------------------------------------------------------------------- the driver's side
+
+
+def layout_bytes(layout: Sequence[TensorLayout]) -> int:
+    return sum(tensor_bytes(entry) for entry in layout)
 
 
 class ColocatedSync(WeightSync):
     def __init__(self, workers: Sequence[ray.actor.ActorHandle]):
         self.workers = list(workers)
+        self.bytes = layout_bytes(ray.get(self.workers[0].weight_layout.remote()))
 
-    def push(self) -> float:
+    def push(self) -> SyncReport:
         start = time.perf_counter()
         ray.get([w.sync_colocated_engine.remote() for w in self.workers])
-        return time.perf_counter() - start
+        return SyncReport("colocated", self.bytes, time.perf_counter() - start)
 
 
 class ObjectStoreSync(WeightSync):
     def __init__(self, trainers: Sequence[ray.actor.ActorHandle], engines: Sequence[ray.actor.ActorHandle]):
         self.trainers = list(trainers)
         self.engines = list(engines)
+        self.bytes = layout_bytes(ray.get(self.trainers[0].weight_layout.remote()))
 
-    def push(self) -> float:
+    def push(self) -> SyncReport:
         start = time.perf_counter()
         refs = [t.gather_weights.remote(send=(rank == 0)) for rank, t in enumerate(self.trainers)]
         weights = refs[0]  # rank 0's full state dict, left in the object store
         ray.get([e.load_engine_weights.remote(weights) for e in self.engines] + refs[1:])
-        return time.perf_counter() - start
+        return SyncReport("object_store", self.bytes, time.perf_counter() - start)
 
 
-class NcclBroadcastSync(WeightSync):
-    """Seam for GPU clusters: NCCL broadcast from trainer rank 0 to the engines (see module doc)."""
+class CollectiveSync(WeightSync):
+    """Trainer rank 0 broadcasts to every engine worker over a :class:`SyncGroup` (see the module doc)."""
 
-    def __init__(self, trainers: Sequence[ray.actor.ActorHandle], engines: Sequence[ray.actor.ActorHandle]):
+    def __init__(self, trainers: Sequence[ray.actor.ActorHandle], engines: Sequence[ray.actor.ActorHandle], *,
+                 workers_per_engine: int, bucket_bytes: int = DEFAULT_BUCKET_BYTES):
         self.trainers = list(trainers)
         self.engines = list(engines)
+        self.bucket_bytes = bucket_bytes
+        self.layout = ray.get(self.trainers[0].weight_layout.remote())
+        self.bytes = layout_bytes(self.layout)
+        host, port = ray.get(self.trainers[0].address.remote())
+        world = 1 + len(self.engines) * workers_per_engine
+        joins = [self.trainers[0].join_weight_group.remote(host, port, 0, world)]
+        joins += [e.join_weight_group.remote(host, port, 1 + i * workers_per_engine, world)
+                  for i, e in enumerate(self.engines)]
+        backends = set(ray.get(joins))
+        if len(backends) != 1:
+            raise RuntimeError(f"trainer and engines chose different collective backends: {sorted(backends)}")
+        self.backend = backends.pop()
 
-    def push(self) -> float:
-        raise NotImplementedError(
-            "NCCL weight broadcast is not implemented yet; the object-store sync is used instead"
-        )
+    def push(self) -> SyncReport:
+        start = time.perf_counter()
+        refs = [t.broadcast_weights.remote(self.bucket_bytes) for t in self.trainers]
+        refs += [e.receive_weights.remote(self.layout, self.bucket_bytes) for e in self.engines]
+        ray.get(refs)
+        return SyncReport(self.backend, self.bytes, time.perf_counter() - start)
