@@ -31,5 +31,11 @@ KUBERAY_ENV = frozenset({
     "RAY_CLOUD_INSTANCE_ID", "RAY_NODE_TYPE_NAME", "KUBERAY_GEN_RAY_START_CMD", "RAY_USAGE_STATS_EXTRA_TAGS",
 })
 OPERATOR_ENV = frozenset({ENV_JOB_NAME, ENV_CONFIG})
-RESERVED_VOLUMES = {"rlhf-config", "rlhf-code", "dshm", "checkpoints"}
+# Every container's root file system is read-only; Ray, vLLM, Triton, Hugging Face and W&B write
+# to two emptyDirs instead: /tmp (Ray's session directory) and the image user's cache directory.
+SCRATCH_DIRS = {"rlhf-tmp": "/tmp", "rlhf-cache": "/home/ray/.cache"}
+RESERVED_VOLUMES = {"rlhf-config", "rlhf-code", "dshm", "checkpoints", *SCRATCH_DIRS}
 RESERVED_MOUNTS = {"/etc/rlhf/config", "/etc/rlhf/code", "/dev/shm"}
+# Mounted by the operator too, but a user volume may sit inside them (a PVC for the HF cache at
+# /home/ray/.cache/huggingface, a checkpoint directory under /tmp): only the paths themselves are taken.
+RESERVED_EXACT_MOUNTS = set(SCRATCH_DIRS.values())

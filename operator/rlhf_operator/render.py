@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional
 
 from rlhf_api.cluster import GroupSpec
 from rlhf_api.names import (API_VERSION, CODE_HASH_ANNOTATION, ENV_CONFIG, ENV_JOB_NAME, ENV_REWARD_TOKEN, ENV_WANDB_KEY,
-                             JOB_LABEL, KIND, KUEUE_LABELS, KUEUE_QUEUE_LABEL, MANAGER)
+                             JOB_LABEL, KIND, KUEUE_LABELS, KUEUE_QUEUE_LABEL, MANAGER, SCRATCH_DIRS)
 from rlhf_api.progress import PROGRESS_PORT, PROGRESS_PORT_NAME
 from rlhf_api.spec import AgentSpec, FunctionReward, RLHFJob, RLHFJobSpec
 from rlhf_api.workerconfig import AGENT_FILE, CODE_DIR, CONFIG_DIR, CONFIG_FILE, REWARD_FILE, WorkerConfig
@@ -183,6 +183,7 @@ def _container_security() -> dict[str, Any]:
     return {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,  # writes go to the scratch emptyDirs (SCRATCH_DIRS) and volumes
         "runAsNonRoot": True,
         "runAsUser": RUN_AS_USER,
         "seccompProfile": {"type": "RuntimeDefault"},
@@ -258,7 +259,27 @@ def _env(job: RLHFJob) -> list[dict[str, Any]]:
         env.append({"name": ENV_REWARD_TOKEN, "valueFrom": {"secretKeyRef": remote.token_secret_ref.dump()}})
     env += [{"name": e.name, "valueFrom": e.value_from.dump()} if e.value_from is not None
             else {"name": e.name, "value": e.value} for e in spec.cluster.env]
+    given = {e["name"] for e in env}
+    env += [{"name": k, "value": v} for k, v in CACHE_ENV.items() if k not in given]
     return env
+
+
+# With a read-only root file system every cache must sit in a scratch emptyDir, whatever image
+# the job runs (the worker image sets the same; a custom image may not). HF_HOME and
+# VLLM_CACHE_ROOT follow XDG_CACHE_HOME; a user's own value in cluster.env wins.
+CACHE_ENV = {
+    "XDG_CACHE_HOME": SCRATCH_DIRS["rlhf-cache"],
+    "TRITON_CACHE_DIR": f"{SCRATCH_DIRS['rlhf-cache']}/triton",
+    "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor",
+    "MPLCONFIGDIR": "/tmp/matplotlib",
+    "WANDB_CONFIG_DIR": f"{SCRATCH_DIRS['rlhf-cache']}/wandb",
+}
+
+
+def _scratch() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes = [{"name": name, "emptyDir": {}} for name in SCRATCH_DIRS]
+    mounts = [{"name": name, "mountPath": path} for name, path in SCRATCH_DIRS.items()]
+    return volumes, mounts
 
 
 @dataclass(frozen=True)
@@ -284,6 +305,9 @@ def _volumes(job: RLHFJob, snapshot: Snapshot, memory: str) -> tuple[list[dict[s
         {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "checkpoints", "mountPath": spec.checkpoint.path},
     ]
+    scratch_volumes, scratch_mounts = _scratch()
+    volumes += scratch_volumes
+    mounts += scratch_mounts
     if snapshot.code_files:
         volumes.append({"name": "rlhf-code", "configMap": {
             "name": snapshot.name, "items": [{"key": name, "path": name} for name in snapshot.code_files]}})
@@ -360,6 +384,7 @@ def _submitter_template(job: RLHFJob, image: str, options: RenderOptions) -> dic
         "image": image,
         "resources": {"requests": dict(amounts), "limits": dict(amounts)},
         "securityContext": _container_security(),
+        "volumeMounts": _scratch()[1],
     }
     return {
         "metadata": {"labels": labels(job, "submitter")},
@@ -369,6 +394,7 @@ def _submitter_template(job: RLHFJob, image: str, options: RenderOptions) -> dic
             "enableServiceLinks": False,
             "securityContext": _pod_security(),
             "containers": [container],
+            "volumes": _scratch()[0],
         },
     }
 

@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(podview.supported() is not No
 NS = "team-a"
 UID = 1000  # the worker image's user, as rendered
 REWARD = '''
+import errno
 import os
 import time
 
@@ -32,6 +33,14 @@ import torch
 
 def reward_func(queries, prompts, labels):
     assert os.getuid() != 0, "the reward runs as the pod's non-root user"
+    try:  # the image's home is the user's, yet read-only: readOnlyRootFilesystem
+        open("/home/ray/probe", "w")
+    except OSError as e:
+        assert e.errno == errno.EROFS, e
+    else:
+        raise AssertionError("the root file system is writable")
+    with open(os.path.join(os.environ["XDG_CACHE_HOME"], "probe"), "w") as f:  # the scratch emptyDir is not
+        f.write("ok")
     time.sleep(1.0)  # a step long enough for the test to evict the pod between two checkpoints
     return {"rewards": torch.tensor([float(len(q) % 7) for q in queries]) / 7}
 '''

@@ -7,7 +7,8 @@ mount, network and PID namespace (``unshare``) in which
   items (read-only), memory-backed emptyDirs as tmpfs of their ``sizeLimit``, PVCs as host
   directories the test names, owned by the pod's ``fsGroup`` as the kubelet makes them;
   directories the host lacks (``/etc/rlhf``) are made on a tmpfs overlay, so the host never sees them;
-- ``/tmp`` is the pod's own, ``/home/ray`` the image's home, and only loopback exists, on
+- ``/tmp`` is the pod's own, ``/home/ray`` the image's home; the root file system and the home
+  are read-only as ``readOnlyRootFilesystem`` makes them, and only loopback exists, on
   which the head Service's DNS names resolve (as cluster DNS would resolve a headless Service);
 - the Ray container runs KubeRay's command for it (``support.kuberay``: ``ray start --head``
   with the parameters KubeRay derives from the pod's limits) with the rendered env, the env
@@ -109,6 +110,9 @@ class HeadPod:
         volumes = {v["name"]: v for v in pod["volumes"]}
         for mount in container["volumeMounts"]:
             volume, path = volumes[mount["name"]], mount["mountPath"]
+            if path == "/tmp":  # made by _cover, which keeps this machine's Python visible beneath it
+                assert volume.get("emptyDir") == {}, volume
+                continue
             self._mount_point(path, tops)
             if "configMap" in volume:
                 assert volume["configMap"]["name"] == self.config_map["metadata"]["name"], volume
@@ -131,6 +135,17 @@ class HeadPod:
                 raise ValueError(f"volume {mount['name']}: the pod view knows no {sorted(volume)}")
             if mount.get("readOnly"):
                 self._sh(f"mount -o remount,bind,ro {path}")
+
+    def _read_only_root(self, container: dict[str, Any]) -> None:
+        """``readOnlyRootFilesystem``: every mount but the container's writable volumes, /tmp,
+        the kernel's file systems and the test's window becomes read-only, as the image's layers are."""
+        assert container["securityContext"].get("readOnlyRootFilesystem") is True, "rendered without a read-only root"
+        writable = {RESULTS, "/tmp"} | {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+        keep = " ".join(shlex.quote(p) for p in sorted(writable))
+        self._sh(f"for m in $(findmnt -rn -o TARGET); do case \" {keep} \" in *\" $m \"*) continue;; esac;"
+                 " case $m in /proc|/proc/*|/sys|/sys/*|/dev|/dev/*|$STAGE|$STAGE/*) continue;; esac;"
+                 " mount -o remount,bind,ro \"$m\" 2>/dev/null || echo \"pod view: $m stays writable\"; done",
+                 f"mount -o remount,bind,ro / && mount -o remount,bind,ro {IMAGE_WORKDIR}")  # these must hold
 
     def _cover(self, directory: str, options: str, tops: set[str]) -> None:
         """A fresh tmpfs over ``directory`` (the pod's own /tmp; a /root the non-root user may
@@ -156,16 +171,17 @@ class HeadPod:
         os.chown(self.results, uid, gid)
         self._script = ["set -eu", f"STAGE={self.workdir}/stage", "mount -t tmpfs tmpfs $STAGE", "ip link set lo up"]
         tops: set[str] = set()
-        self._volumes(pod, container, tops)
         for path in (RESULTS, IMAGE_WORKDIR, "/etc/hosts"):
             self._mount_point(os.path.dirname(path) if path == "/etc/hosts" else path, tops)
         self._sh(f"mount --bind {self.results} {RESULTS}", f"mount --bind {self.home} {IMAGE_WORKDIR}")
+        self._volumes(pod, container, tops)  # after the home: the cache emptyDir lies inside it
         service = kuberay.head_service_name(self.cluster)
         names = [f"{service}.{self.namespace}.svc.{kuberay.CLUSTER_DOMAIN}", f"{service}.{self.namespace}.svc", service,
                  kuberay.rayjob_head_service_name(self.rayjob["metadata"]["name"]) + f".{self.namespace}.svc"]
         self._sh(f"echo '127.0.0.1 {' '.join(names)}' >> /etc/hosts")
         self._cover("/root", "mode=755", tops)
-        self._cover("/tmp", "mode=1777", tops)
+        self._cover("/tmp", "mode=1777", tops)  # the rendered /tmp emptyDir (see _volumes)
+        self._read_only_root(container)
         (self.results / "pod.sh").write_text(self._pod_script(group, container))
         self._sh(f"cd {IMAGE_WORKDIR}",
                  f"exec setpriv --reuid={uid} --regid={gid} --clear-groups --inh-caps=-all "

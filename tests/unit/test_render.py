@@ -352,3 +352,38 @@ def test_the_head_stops_its_driver_before_the_pod_is_stopped():
     assert command[:4] == ["python", "-m", "rlhf_workers", "--stop-driver"]
     assert command[-2:] == spec["entrypoint"].split()[-2:] == ["--config", "/etc/rlhf/config/worker.json"]
     assert head["terminationGracePeriodSeconds"] >= 600
+
+
+@pytest.mark.parametrize("path, doc", list(_all_examples()))
+def test_every_container_has_a_read_only_root_and_writable_scratch(path, doc):
+    rayjob = _render_example(path, doc)[-1]
+    for where, pod in pod_specs(rayjob):
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod["containers"]:
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True, where
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert mounts["/tmp"] == "rlhf-tmp" and mounts["/home/ray/.cache"] == "rlhf-cache", where
+            assert volumes["rlhf-tmp"] == {"name": "rlhf-tmp", "emptyDir": {}}
+
+
+def test_caches_point_into_scratch_unless_the_user_sets_them():
+    doc = job(cluster={"env": [{"name": "HF_HOME", "value": "/models/hf"}, {"name": "XDG_CACHE_HOME", "value": "/data"}]})
+    env = rendered(doc)[-1]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    names = [e["name"] for e in env]
+    assert len(names) == len(set(names)), "no duplicate env entries"
+    values = {e["name"]: e.get("value") for e in env}
+    assert values["XDG_CACHE_HOME"] == "/data" and values["HF_HOME"] == "/models/hf"
+    assert values["TRITON_CACHE_DIR"].startswith("/home/ray/.cache/")
+
+
+@pytest.mark.parametrize("path, refused", [("/tmp", True), ("/home/ray/.cache", True), ("/tmp/", True),
+                                           ("/tmp/ckpt", False), ("/home/ray/.cache/huggingface", False)])
+def test_scratch_mount_points_are_taken_but_paths_inside_them_are_free(path, refused):
+    doc = job(cluster={"volumes": [{"name": "extra", "mountPath": path.rstrip("/") or path,
+                                    "source": {"persistentVolumeClaim": {"claimName": "c"}}}]})
+    if refused:
+        with pytest.raises(InvalidJob, match="writable emptyDir"):
+            parse_job(doc)
+    else:
+        rayjob = rendered(doc)[-1]
+        assert rayjob_errors(rayjob) == []
