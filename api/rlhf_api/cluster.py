@@ -15,6 +15,7 @@ from .k8s import (CONFIG_MAP_KEY, DNS1123_SUBDOMAIN, EXTENDED_RESOURCE, EXTENDED
 from .k8s_volumes import VOLUME_SOURCE_SCHEMAS
 from .names import KUBERAY_ENV, OPERATOR_ENV, RESERVED_EXACT_MOUNTS, RESERVED_MOUNTS, RESERVED_VOLUMES
 from .secrets import CREDENTIAL_PROJECTIONS, credential_projection_problems
+from .podsecurity import ANNOTATION_CEL, annotation_problems
 
 # The CRD types a volume source as the core types it may be, exactly one of them.
 # No projected service-account credentials (see rlhf_api.secrets): the model says the same.
@@ -98,7 +99,9 @@ class GroupSpec(SpecModel):
     ]
     affinity: Annotated[Optional[dict[str, Any]], Field(default=None, description="Pod affinity.", json_schema_extra={FREE_FORM: True})] = None
     labels: Annotated[dict[str, str], Field(default_factory=dict, description="Extra pod labels.", json_schema_extra=LABEL_VALUES)]
-    annotations: Annotated[dict[str, str], Field(default_factory=dict, description="Extra pod annotations.")]
+    annotations: Annotated[dict[str, str], Field(default_factory=dict, description="Extra pod annotations (none that"
+                                                  " weaken the restricted profile: AppArmor unconfined, seccomp).",
+                                                  json_schema_extra={CEL: ANNOTATION_CEL})]
 
     @field_validator("cpu", "memory", mode="before")
     @classmethod
@@ -113,6 +116,8 @@ class GroupSpec(SpecModel):
     @field_validator("annotations")
     @classmethod
     def _annotations(cls, value: dict[str, str]) -> dict[str, str]:
+        for problem in annotation_problems(value):
+            raise ValueError(problem)
         return check_annotations(value)
 
     @field_validator("gpu_resource_name")

@@ -20,6 +20,35 @@ SAFE_SYSCTLS = {
 }
 
 
+APPARMOR_ANNOTATION = "container.apparmor.security.beta.kubernetes.io/"
+SECCOMP_ANNOTATIONS = ("seccomp.security.alpha.kubernetes.io/pod", "container.seccomp.security.alpha.kubernetes.io/")
+# The same rules for the CRD, as CEL over the annotations map.
+ANNOTATION_CEL = [
+    {"rule": f"self.all(k, !k.startsWith('{APPARMOR_ANNOTATION}')"
+             " || self[k] == 'runtime/default' || self[k].startsWith('localhost/'))",
+     "message": "AppArmor annotations may only be runtime/default or localhost/<profile>: pods of an RLHFJob run "
+                "user code under the restricted Pod Security Standard"},
+    {"rule": f"self.all(k, k != '{SECCOMP_ANNOTATIONS[0]}' && !k.startsWith('{SECCOMP_ANNOTATIONS[1]}'))",
+     "message": "seccomp annotations are not allowed: the operator sets seccompProfile RuntimeDefault on every pod"},
+]
+
+
+def annotation_problems(annotations: dict[str, str]) -> list[str]:
+    """Pod annotations that would weaken the restricted profile the operator renders: AppArmor
+    other than the runtime's default or a node's own profile (``unconfined`` turns it off), and
+    the deprecated seccomp annotations, which override nothing useful here and, differing from the
+    rendered ``seccompProfile``, make the API server refuse the pod."""
+    problems = []
+    for key, value in sorted(annotations.items()):
+        if key.startswith(APPARMOR_ANNOTATION) and value != "runtime/default" and not value.startswith("localhost/"):
+            problems.append(f"{key}: {value!r} is not allowed; use runtime/default or localhost/<profile>"
+                            " (pods of an RLHFJob run user code under the restricted Pod Security Standard)")
+        if key == SECCOMP_ANNOTATIONS[0] or key.startswith(SECCOMP_ANNOTATIONS[1]):
+            problems.append(f"{key}: seccomp annotations are not allowed; the operator sets seccompProfile"
+                            " RuntimeDefault on every pod (remove the annotation)")
+    return problems
+
+
 def _containers(pod: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     for kind in ("initContainers", "containers", "ephemeralContainers"):
         for c in pod.get(kind) or []:

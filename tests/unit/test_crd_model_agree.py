@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import celpy
+import pytest
 import jsonschema
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -342,6 +343,30 @@ def judge(spec: dict[str, Any]) -> dict[str, Any]:
 def test_the_examples_are_accepted_by_both():
     for spec in EXAMPLES:
         assert judge(spec) == {"crd": [], "model": [], "render": []}
+
+
+@pytest.mark.parametrize("patch, refused", [
+    ({"cluster": {"head": {"annotations": {"container.apparmor.security.beta.kubernetes.io/ray-head": "unconfined"}}}}, True),
+    ({"cluster": {"head": {"annotations": {"seccomp.security.alpha.kubernetes.io/pod": "runtime/default"}}}}, True),
+    ({"cluster": {"head": {"annotations": {"container.apparmor.security.beta.kubernetes.io/x": "localhost/p"}}}}, False),
+    ({"checkpoint": {"path": "/tmp"}}, True),
+    ({"checkpoint": {"path": "/tmp/ckpt"}}, False),
+    ({"cluster": {"volumes": [{"name": "hf", "mountPath": "/home/ray/.cache",
+                               "source": {"persistentVolumeClaim": {"claimName": "hf"}}}]}}, True),
+    ({"cluster": {"volumes": [{"name": "hf", "mountPath": "/home/ray/.cache/huggingface",
+                               "source": {"persistentVolumeClaim": {"claimName": "hf"}}}]}}, False),
+])
+def test_crd_and_model_refuse_weakening_annotations_and_scratch_mount_points_alike(patch, refused):
+    verdict = judge(_merge(EXAMPLES[0], patch))
+    assert bool(verdict["crd"]) is refused and bool(verdict["model"]) is refused, verdict
+    assert verdict["render"] == []
+
+
+def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))

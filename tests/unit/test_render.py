@@ -387,3 +387,21 @@ def test_scratch_mount_points_are_taken_but_paths_inside_them_are_free(path, ref
     else:
         rayjob = rendered(doc)[-1]
         assert rayjob_errors(rayjob) == []
+
+
+@pytest.mark.parametrize("annotations, refused", [
+    ({"container.apparmor.security.beta.kubernetes.io/ray-head": "unconfined"}, "runtime/default or localhost"),
+    ({"seccomp.security.alpha.kubernetes.io/pod": "unconfined"}, "seccomp annotations are not allowed"),
+    ({"container.seccomp.security.alpha.kubernetes.io/ray-worker": "localhost/x"}, "seccomp annotations are not allowed"),
+    ({"container.apparmor.security.beta.kubernetes.io/ray-head": "localhost/tight"}, None),
+    ({"container.apparmor.security.beta.kubernetes.io/ray-head": "runtime/default", "team": "a"}, None),
+])
+def test_pod_annotations_that_weaken_the_restricted_profile_are_refused(annotations, refused):
+    doc = job(cluster={"head": {"annotations": annotations}})
+    if refused:
+        with pytest.raises(InvalidJob, match=refused) as err:
+            parse_job(doc)
+        assert "cluster.head.annotations" in str(err.value)
+    else:
+        head = rendered(doc)[-1]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
+        assert head["metadata"]["annotations"] == annotations
