@@ -183,9 +183,14 @@ class ModelSpec(SpecModel):
 
 
 class DataSpec(SpecModel):
-    """Prompt data: JSONL/JSON/Parquet files or a dataset saved with datasets.save_to_disk (OpenRLHF --prompt_data)."""
+    """Prompt data: JSONL/JSON/Parquet files, a dataset saved with datasets.save_to_disk, or a dataset in
+    Hugging Face datasets form: a hub id or a repository directory (OpenRLHF --prompt_data)."""
 
-    prompts: Annotated[str, Field(min_length=1, max_length=4096, description="File or directory of prompts (local/PVC path).")]
+    prompts: Annotated[str, Field(min_length=1, max_length=4096, description=(
+        "A file or directory of prompts (local/PVC path), or a Hugging Face dataset id such as"
+        " OpenRLHF/prompt-collection-v0.1; ID@DIR reads the dataset's sub-directory DIR, as OpenRLHF's --prompt_data."))]
+    config: Annotated[Optional[str], Field(default=None, min_length=1, max_length=253, description=(
+        "Dataset configuration (datasets.load_dataset's name), e.g. main for openai/gsm8k."))] = None
     input_key: Annotated[str, Field(default="input", min_length=1, description="Field holding the prompt (OpenRLHF --input_key).")] = "input"
     label_key: Annotated[
         Optional[str], Field(default=None, description="Field passed to reward_func as labels (OpenRLHF --label_key)."),
@@ -196,7 +201,7 @@ class DataSpec(SpecModel):
     ] = None
     apply_chat_template: Annotated[bool, Field(default=False, description="Wrap prompts with the tokenizer's chat template.")] = False
     max_samples: Annotated[Optional[int], Field(default=None, ge=1, description="Use at most this many prompts.")] = None
-    split: Annotated[str, Field(default="train", description="Split to read from a saved DatasetDict.")] = "train"
+    split: Annotated[str, Field(default="train", min_length=1, description="Split to read from a saved DatasetDict or a dataset (OpenRLHF --prompt_split).")] = "train"
 
     @field_validator("input_template")
     @classmethod

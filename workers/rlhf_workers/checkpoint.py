@@ -6,12 +6,16 @@
         step_000010/
             policy/step_000010/...   DeepSpeed checkpoint of the policy (model, optimizer, scheduler, RNG states)
             critic/step_000010/...   the critic's, with gae
+            hf/                      the policy in Hugging Face format: model.safetensors, config.json,
+                                     generation_config.json, the tokenizer, README.md (a model card
+                                     naming the job, step and reward): from_pretrained loads it as is
             state.json               step, data position, metrics so far
             manifest.json            size and sha256 of every other file - written LAST
         step_000020/...
         .partial-step_000030/        a save in progress (or killed): never resumed from
 
-A save is written aside, in ``.partial-<tag>``; :meth:`Checkpoints.commit` adds ``state.json``
+A save is written aside, in ``.partial-<tag>``, the ``hf/`` model included (so the manifest
+covers it and a half-written model is never visible); :meth:`Checkpoints.commit` adds ``state.json``
 and the manifest, reads every file back against it, and only then renames the directory to
 its visible name. A run killed while saving therefore leaves a ``.partial-`` directory that
 the next commit removes, never a visible half-written checkpoint.
@@ -42,6 +46,8 @@ MANIFEST_FILE = "manifest.json"
 PARTIAL_PREFIX = ".partial-"
 CORRUPT_PREFIX = ".corrupt-"
 HASH_THREADS = 8
+HF_DIR = "hf"  #: the Hugging Face-format policy inside every checkpoint
+MODEL_CARD = "README.md"
 
 
 def tag_for(step: int) -> str:
@@ -61,6 +67,24 @@ class Checkpoint:
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be resumed from; the message names the path and the file."""
+
+
+def write_model_card(directory: Path, *, job: str, step: int, total_steps: Optional[int], reward_mean: Optional[float],
+                     base_model: str, estimator: str) -> Path:
+    """A short README.md for a saved model: which job made it, at which step, with what reward."""
+    reward = "not measured" if reward_mean is None else f"{reward_mean:.4f}"
+    of = f" of {total_steps}" if total_steps else ""
+    text = (f"---\nlibrary_name: transformers\ntags:\n- rlhf\n- {estimator}\n---\n\n"
+            f"# {job}, step {step}\n\n"
+            f"Policy trained by the RLHFJob `{job}` (RLHF Operator), saved after step {step}{of}.\n\n"
+            f"| | |\n| --- | --- |\n| job | `{job}` |\n| step | {step}{of} |\n"
+            f"| mean reward of the step's samples | {reward} |\n| advantage estimator | {estimator} |\n"
+            f"| started from | `{base_model}` |\n\n"
+            "Load it with `AutoModelForCausalLM.from_pretrained(<this directory>)` and "
+            "`AutoTokenizer.from_pretrained(<this directory>)`.\n")
+    path = Path(directory) / MODEL_CARD
+    path.write_text(text)
+    return path
 
 
 def _sha256(path: Path) -> str:

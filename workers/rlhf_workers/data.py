@@ -1,11 +1,19 @@
 """Prompt data: load, template, tokenize, and hand out in a resumable order.
 
-Sources (``spec.data.prompts``, a local or mounted path; never the hub at run time):
+Sources (``spec.data.prompts``):
 
 * a ``.jsonl`` file (one JSON object per line), a ``.json`` file (a list of objects, or an
   object whose one list-valued key holds them), a ``.parquet`` file;
 * a directory written by ``datasets``' ``save_to_disk`` (a ``Dataset``, or a ``DatasetDict``
   from which ``spec.data.split`` is read);
+* a dataset in Hugging Face ``datasets`` form, loaded with ``datasets.load_dataset``: a hub id
+  such as ``OpenRLHF/prompt-collection-v0.1``, or a local directory laid out as a hub dataset
+  repository (its README's ``configs``, or ``data.config`` given). As in OpenRLHF's
+  ``--prompt_data``, ``ID@DIR`` reads the repository's sub-directory DIR (``data_dir``);
+  ``data.config`` names the configuration (``load_dataset``'s ``name``, e.g. ``main`` of
+  ``openai/gsm8k``) and ``data.split`` the split (OpenRLHF ``--prompt_split``). A hub id is
+  fetched from the hub, or read from the ``datasets`` cache when ``HF_DATASETS_OFFLINE=1``;
+  gated datasets take ``HF_TOKEN`` (``cluster.env[].valueFrom.secretKeyRef`` in a cluster);
 * any other directory: every ``*.jsonl``/``*.json``/``*.parquet`` file in it, in name order.
 
 Each record becomes a prompt as OpenRLHF builds it: with ``applyChatTemplate`` the
@@ -24,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -48,14 +57,38 @@ class Prompt:
 # --------------------------------------------------------------------------- reading records
 
 
-def read_records(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
-    """All records of a JSONL/JSON/Parquet file, a saved dataset, or a directory of such files."""
-    p = Path(path).expanduser()
+# A hub dataset id: an optional owner and '/', then a name, as the hub spells repository ids.
+HUB_ID = re.compile(r"^([A-Za-z0-9][-\w.]*/)?[A-Za-z0-9][-\w.]*$")
+
+
+def split_data_dir(prompts: str) -> tuple[str, Optional[str]]:
+    """``ID@DIR`` → (ID, DIR), as OpenRLHF's --prompt_data reads it; (prompts, None) without '@'."""
+    source, at, data_dir = prompts.partition("@")
+    return source.strip(), (data_dir.strip() or None) if at else None
+
+
+def is_hub_id(prompts: str) -> bool:
+    """Whether ``prompts`` names a hub dataset (``owner/name``, optionally ``@dir``) rather than a file."""
+    source, _ = split_data_dir(prompts)
+    return "/" in source and not source.startswith(("/", ".", "~")) and bool(HUB_ID.match(source)) \
+        and Path(source).suffix not in DATA_SUFFIXES
+
+
+def read_records(path: str | Path, split: str = "train", config: Optional[str] = None) -> list[dict[str, Any]]:
+    """All records of a JSONL/JSON/Parquet file, a saved dataset, a dataset repository or hub id,
+    or a directory of files."""
+    source, data_dir = split_data_dir(str(path))
+    p = Path(source).expanduser()
     if not p.exists():
-        raise DataError(f"data.prompts: {p} does not exist")
+        if is_hub_id(str(path)):
+            return _load_dataset(source, config, data_dir, split)
+        raise DataError(f"data.prompts: {p} does not exist (give a local/PVC path, or a hub dataset id such as"
+                        " OpenRLHF/prompt-collection-v0.1)")
     if p.is_dir():
         if (p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file() or (p / "state.json").is_file():
             return _read_saved_dataset(p, split)
+        if config is not None or data_dir is not None or _has_dataset_card(p):
+            return _load_dataset(str(p), config, data_dir, split)
         files = sorted(f for f in p.iterdir() if f.suffix in DATA_SUFFIXES)
         if not files:
             raise DataError(f"data.prompts: directory {p} holds no saved dataset and no {'/'.join(DATA_SUFFIXES)} files")
@@ -110,6 +143,36 @@ def _read_saved_dataset(p: Path, split: str) -> list[dict[str, Any]]:
     return loaded.to_list()
 
 
+def _has_dataset_card(p: Path) -> bool:
+    """A directory laid out as a hub dataset repository: a README.md whose metadata declares its configs."""
+    card = p / "README.md"
+    if not card.is_file():
+        return False
+    head = card.read_text(encoding="utf-8", errors="replace")
+    return head.startswith("---") and re.search(r"^configs:", head.split("\n---", 1)[0], re.M) is not None
+
+
+def _load_dataset(source: str, config: Optional[str], data_dir: Optional[str], split: str) -> list[dict[str, Any]]:
+    """One split of a dataset in ``datasets`` form: a hub id, or a local repository directory."""
+    import datasets
+
+    where = source + (f"@{data_dir}" if data_dir else "")
+    try:
+        loaded = datasets.load_dataset(source, config, data_dir=data_dir)
+    except ValueError as exc:  # an unknown config or split names the ones there are
+        field = "data.config" if "config" in str(exc).lower() else "data.prompts"
+        raise DataError(f"{field}: dataset {where}: {exc}") from None
+    except (FileNotFoundError, ConnectionError, OSError) as exc:
+        offline = " (HF_DATASETS_OFFLINE is set: only datasets already in the cache load)" \
+            if datasets.config.HF_HUB_OFFLINE else ""
+        raise DataError(f"data.prompts: dataset {where} could not be loaded{offline}: {exc}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DataError(f"data.split: dataset {where} has no split {split!r} (it has: {', '.join(loaded)})")
+        loaded = loaded[split]
+    return loaded.to_list()
+
+
 # --------------------------------------------------------------------------- prompts
 
 
@@ -136,7 +199,7 @@ def build_prompt_text(record: dict[str, Any], data_spec, tokenizer, where: str) 
 
 def load_prompts(data_spec, tokenizer, prompt_max_len: int) -> list[Prompt]:
     """Read, template and tokenize the prompts of ``spec.data`` (at most ``maxSamples``)."""
-    records = read_records(data_spec.prompts, data_spec.split)
+    records = read_records(data_spec.prompts, data_spec.split, getattr(data_spec, "config", None))
     if data_spec.max_samples is not None:
         records = records[: data_spec.max_samples]
     if not records:

@@ -56,6 +56,16 @@ def _resolve(path: Optional[str], base: Path) -> Optional[str]:
     return str(beside.resolve()) if beside.exists() or not p.exists() else str(p.resolve())
 
 
+def _resolve_prompts(prompts: str, base: Path) -> str:
+    """``data.prompts`` for a local run: a path resolved like the others, a hub dataset id kept as it is."""
+    from .data import is_hub_id, split_data_dir
+
+    source, data_dir = split_data_dir(prompts)
+    if is_hub_id(prompts) and not (base / source).exists() and not Path(source).exists():
+        return prompts
+    return _resolve(source, base) + (f"@{data_dir}" if data_dir else "")
+
+
 def _configmap_code(ref, role_file: str, configmap_files: dict[str, str], job_dir: Path, field: str) -> str:
     """Source text of a configMapRef, from a local file."""
     from rlhf_api.validation import ANY_KEY, load_configmap_file
@@ -106,7 +116,7 @@ def prepare_local_config(job_path: str, output_dir: str, configmap_files: Option
                              " `rlhf tiny-model DIR` writes a tiny one)")
     elif not is_model_dir(model.path):
         raise ValueError(f"model.path: {model.path} is not a Hugging Face model directory (no config.json and weights)")
-    data = spec.data.model_copy(update={"prompts": _resolve(spec.data.prompts, job_dir)})
+    data = spec.data.model_copy(update={"prompts": _resolve_prompts(spec.data.prompts, job_dir)})
     updates = {"model": model, "data": data}
 
     def code_file(source, role_file: str, field: str) -> str:

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import threading
 from contextlib import contextmanager
@@ -39,7 +40,7 @@ from rlhf_api.progress import CheckpointInfo, utc_now
 from rlhf_api.workerconfig import WorkerConfig
 
 from .agent import AgentRunner
-from .checkpoint import Checkpoint, Checkpoints, tag_for
+from .checkpoint import HF_DIR, Checkpoint, Checkpoints, tag_for, write_model_card
 from .cluster import Cluster, resolve_placement
 from .data import PromptStream, load_prompts, load_tokenizer
 from .metrics import CURVE_FILE, MetricsLog, ProgressServer, plot_reward_curve
@@ -184,14 +185,29 @@ class Session:
                 self.checkpoints.quarantine(ckpt.path, f"the trainers could not load it ({type(exc).__name__}: {exc})")
         raise RuntimeError("no checkpoint could be loaded: " + "; ".join(failures))
 
-    def save_checkpoint(self, step: int) -> CheckpointInfo:
-        """Trainer states of ``step`` and the data position, written aside and committed once verified."""
+    def save_checkpoint(self, step: int, row: Optional[dict[str, Any]] = None) -> CheckpointInfo:
+        """Trainer states of ``step``, its model in Hugging Face format and the data position, written
+        aside and committed once verified. ``row``: the step's metrics so far (for the model card)."""
         staging = self.checkpoints.prepare(step)
         self.cluster.save_checkpoint(str(staging), tag_for(step))
+        self.save_model(staging / HF_DIR, step, row)
         self.checkpoints.commit(step, {"data": self.prompts.state(), "total_steps": self.total_steps, "time": utc_now()})
         path = self.checkpoints.path_for(step)
         self.last_ckpt = CheckpointInfo(step=step, path=str(path), time=utc_now())
         return self.last_ckpt
+
+    def save_model(self, directory: Path, step: int, row: Optional[dict[str, Any]] = None) -> Path:
+        """The policy in Hugging Face format, with its tokenizer and a model card naming the job, step and reward."""
+        self.cluster.save_hf(str(directory))
+        self.tokenizer.save_pretrained(str(directory))
+        rows = self.metrics.history if self.metrics is not None else []
+        last = row or (rows[-1] if rows and rows[-1].get("step") == step else {})
+        spec = self.spec
+        write_model_card(directory, job=self.config.job_name, step=step, total_steps=self.total_steps,
+                         reward_mean=last.get("reward/mean"), base_model=spec.model.path,
+                         estimator=str(getattr(spec.algorithm.advantage_estimator, "value",
+                                               spec.algorithm.advantage_estimator)))
+        return directory
 
     def round_sampling(self) -> SamplingConfig:
         """Sampling for the next round of generation, seeded by the job's seed and the data position.
@@ -226,8 +242,12 @@ class Session:
             self.save_checkpoint(step)
             self.progress.update(last_checkpoint=self.last_ckpt)
         final = self.out / FINAL_MODEL_DIR
-        self.cluster.save_hf(str(final))
-        self.tokenizer.save_pretrained(str(final))
+        saved = self.checkpoints.path_for(step) / HF_DIR
+        if saved.is_dir():  # the last checkpoint holds this very model: copy it rather than gather the weights again
+            shutil.rmtree(final, ignore_errors=True)
+            shutil.copytree(saved, final)
+        else:  # resumed from a checkpoint saved before checkpoints held a Hugging Face model
+            self.save_model(final, step)
         plot_reward_curve(self.metrics.history, self.out / CURVE_FILE)
         self.progress.update(state="finished", step=step, message=f"final model in {final}", final_model=str(final))
         return TrainResult(step, self.resume.step if self.resume else None, self.metrics.history, self.out, final,

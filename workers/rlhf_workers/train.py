@@ -175,7 +175,7 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
             tokens = s.agent.client.take_token_count() if s.agent else sum(len(x.response_ids) for x in batch.generated)
             if spec.checkpoint.save_steps > 0 and step % spec.checkpoint.save_steps == 0 and step < s.total_steps:
                 with t("checkpoint"):
-                    s.save_checkpoint(step)
+                    s.save_checkpoint(step, row)
             row.update(timing_metrics(t.seconds, time.perf_counter() - step_start, row["samples"], tokens))
             s.log_step(row)
             if s.stop_signal is not None:  # SIGTERM (preemption): the step is done; save it and end the run
