@@ -123,6 +123,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             if item.errors:
                 _print_errors(source, item.errors, item.label() if several else "")
                 status = worst(status, EXIT_INVALID)
+            elif not _imports_resolve(source, file, item):
+                status = worst(status, EXIT_INVALID)
             else:
                 valid.append(_as_stored(item, args.namespace))
                 print(f"{source}:{item.document.line}: ok: {_summary(item.job)}" if several
@@ -130,6 +132,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.output and valid:
         sys.stdout.write(formatted(valid, args.output))
     return status
+
+
+def _imports_resolve(source: str, file: str, item) -> bool:
+    """Print what rlhf_api.imports finds in the job's code (inline, and path/ConfigMap code found
+    beside the job file): errors refuse the job, warnings (a custom cluster.image) do not."""
+    from rlhf_api.imports import job_import_findings, local_sources
+
+    job_dir = Path(file).parent if file != "-" else Path.cwd()
+    errors, warnings = job_import_findings(item.job.spec, *local_sources(item.job.spec, job_dir))
+    for line in warnings:
+        print(f"{source}: warning: {line}", file=sys.stderr)
+    for line in errors:
+        print(f"{source}: {line}", file=sys.stderr)
+    return not errors
 
 
 def cmd_render(args: argparse.Namespace) -> int:

@@ -3,7 +3,9 @@
     validate  admission webhook: the same spec model, before anything is stored
 
 It judges with the same spec model as launch and spec_changed (parse_job, immutable_changes),
-so a spec it refuses would be refused there too. Code kept in ConfigMaps is checked by launch
+so a spec it refuses would be refused there too; the imports of inline code are resolved against
+the worker image's module list (rlhf_api.imports: refused on the default image, warned about on a
+custom ``cluster.image``). Code kept in ConfigMaps is checked by launch
 alone, which reads it; without the webhook (no certificates configured) those handlers report
 every error in the job's status instead.
 
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import kopf
 import urllib3
 from kubernetes.client.rest import ApiException
+from rlhf_api.imports import job_import_findings
 from rlhf_api.secrets import SecretReference, secret_references
 from rlhf_api.spec import immutable_changes
 from rlhf_api.validation import InvalidJob, parse_job, parse_spec
@@ -32,13 +35,19 @@ if TYPE_CHECKING:
 
 
 def validate(body: kopf.Body, old: Optional[dict], operation: Optional[str], memo: "OperatorContext",
-             userinfo: Optional[dict] = None, **_: Any) -> None:
+             userinfo: Optional[dict] = None, warnings: Optional[list[str]] = None, **_: Any) -> None:
     if operation == "UPDATE" and old and old.get("spec") == body.get("spec"):
         return  # status and metadata-only writes are not ours to judge
     try:
         new_job = parse_job(dict(body))
     except InvalidJob as exc:
         raise kopf.AdmissionError("; ".join(str(e) for e in exc.errors), code=422)
+    # Inline code's imports, parsed and never imported here (ConfigMap code: launch checks it).
+    unresolved, doubtful = job_import_findings(new_job.spec)
+    if unresolved:
+        raise kopf.AdmissionError("; ".join(unresolved), code=422)
+    if warnings is not None:
+        warnings.extend(doubtful)  # a custom cluster.image: kubectl prints these as warnings
     old_spec = None
     if operation == "UPDATE" and old and old.get("spec"):
         try:

@@ -17,6 +17,7 @@ import kopf
 from kubernetes.client.rest import ApiException
 from rlhf_api.base import snake_case
 from rlhf_api.contract import check_agent_source, check_reward_source
+from rlhf_api.imports import job_import_findings
 from rlhf_api.jobstatus import TERMINAL_PHASES, Phase
 from rlhf_api.names import CODE_HASH_ANNOTATION, GROUP, KIND, VERSION
 from rlhf_api.spec import MUTABLE_FIELDS, RLHFJob, immutable_changes
@@ -124,14 +125,20 @@ def _read_code(kube: Kube, job: RLHFJob, current: dict[str, Any]) -> dict[str, s
     return sources
 
 
-def _check_code(sources: dict[str, str], job: RLHFJob) -> None:
-    """The same checks as for inline code, on code that came from ConfigMaps."""
+def _check_code(sources: dict[str, str], job: RLHFJob) -> list[str]:
+    """The same checks as for inline code, on code that came from ConfigMaps; then every import of
+    the code, resolved against the worker image's module list (parsed, never imported). Returns
+    the warnings (imports a custom cluster.image must provide); raises InvalidJob for the rest."""
     for ref in code_refs(job.spec):
         what = f"ConfigMap {ref.config_map!r} key {ref.key!r}"
         try:
             (check_reward_source if ref.file == REWARD_FILE else check_agent_source)(sources[ref.file], what)
         except ValueError as exc:
             raise InvalidJob([FieldError(ref.field, str(exc))]) from None
+    unresolved, doubtful = job_import_findings(job.spec, sources)
+    if unresolved:
+        raise InvalidJob([FieldError("", message) for message in unresolved])
+    return doubtful
 
 
 SECRETS_NOT_ALLOWED = "SecretsNotAllowed"

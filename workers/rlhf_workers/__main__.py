@@ -30,9 +30,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--stop-driver", action="store_true",
                         help="send SIGTERM to the driver running --config and wait until it has checkpointed and "
                              "exited (the head pod's preStop hook: Kubernetes signals only PID 1, a shell)")
+    parser.add_argument("--check-code", action="store_true",
+                        help="import the reward/agent code, call it on a few rows of the job's data, check the "
+                             "contract, and exit 0 (passed), 1 (failed) or 2 (could not check); no Ray, no GPU "
+                             "(the operator's preflight pod, and `rlhf run` before it starts Ray)")
+    parser.add_argument("--result-file", default=None,
+                        help="with --check-code: write the outcome as JSON here (the pod's termination-message file)")
+    parser.add_argument("--check-timeout", type=float, default=None,
+                        help="with --check-code: seconds one call may take (default: reward.timeoutSeconds)")
     args = parser.parse_args(argv)
     if args.stop_driver:
         return stop_driver(args.config)
+    if args.check_code:
+        from .code_check import main as check_code
+
+        return check_code(args.config, args.result_file, args.check_timeout)
 
     config = WorkerConfig.load(args.config)
     logging.basicConfig(level=config.spec.logging.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,211 @@
+"""The code check run before any GPU is taken: ``python -m rlhf_workers --check-code``.
+
+The operator runs it in a short CPU-only pod from the worker image (the same config and code
+mounts as the Ray pods, no GPU, no Secrets, no service-account token) before it creates the RayJob;
+``rlhf run`` runs it before it starts Ray. It
+
+1. imports the reward file (or agent file) exactly as training does,
+2. reads a few rows of the job's prompt data (``data.prompts``, ``inputKey``, ``labelKey``),
+3. calls ``reward_func`` once on them (an agent: ``reset`` and one ``step`` per row), each answer
+   being the row's label (a well-formed answer) or nothing, and checks the result against the
+   contract (one finite reward per query, scores in [0, 1], ...).
+
+A reward that hangs is stopped after ``reward.timeoutSeconds`` (60 s by default). The outcome is one
+short JSON object, ``{"ok": bool, "message": str}``, written to ``--result-file``: in the pod that is
+its termination-message file, so the verdict travels in the pod's status, where the operator reads
+it. Exit codes: 0 the code passed, 1 it failed (the message quotes the error and the line), 2 the
+check could not run (unreadable config or data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import signal
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+ROWS = 4
+MESSAGE_MAX = 3500  # the kubelet keeps 4096 bytes of a termination message; the JSON around it fits
+DEFAULT_TIMEOUT = 60.0
+EXIT_PASSED, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    ok: bool
+    message: str
+    exit_code: int = EXIT_PASSED
+
+    def to_json(self) -> str:
+        message = self.message if len(self.message) <= MESSAGE_MAX else self.message[:MESSAGE_MAX - 1] + "…"
+        return json.dumps({"ok": self.ok, "message": message})
+
+
+class _TimedOut(BaseException):
+    """Raised inside the user's code when it ran past its time (a BaseException, so that a broad
+    ``except Exception`` in the reward does not swallow it)."""
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """SIGALRM after ``seconds`` raises _TimedOut in the main thread (where the user's code runs)."""
+    def expire(signum, frame):
+        raise _TimedOut()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _user_line(exc: BaseException, path: str) -> str:
+    """`` at FILE, line N, in FUNC: CODE`` for the deepest frame in the user's file, or ""."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.abspath(f.filename) == os.path.abspath(path)]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" at {Path(f.filename).name}, line {f.lineno}, in {f.name}" + (f": {f.line.strip()}" if f.line else "")
+
+
+def sample_rows(spec, rows: int = ROWS) -> list[tuple[str, Any]]:
+    """(prompt, label) of the first ``rows`` records of the job's data (input template applied; no chat template)."""
+    from .data import DataError, read_records
+
+    data = spec.data
+    records = read_records(data.prompts, data.split)[:rows]
+    if not records:
+        raise DataError(f"data.prompts: {data.prompts} holds no records")
+    picked = []
+    for i, record in enumerate(records):
+        if data.input_key not in record:
+            raise DataError(f"data.inputKey: record {i} of {data.prompts} has no {data.input_key!r}"
+                            f" (keys: {sorted(record)})")
+        prompt = str(record[data.input_key])
+        if data.input_template:
+            prompt = data.input_template.replace("{}", prompt)
+        picked.append((prompt, record.get(data.label_key, "") if data.label_key else ""))
+    return picked
+
+
+def _answer(label: Any) -> str:
+    return "" if label in (None, "") else f" {label}"
+
+
+def check_reward(path: str, rows: list[tuple[str, Any]], timeout: float) -> CheckOutcome:
+    """Import ``path`` and call its reward_func once on ``rows``; the contract checked."""
+    from .reward import RewardError, RewardFunctionError, call_reward_function, load_reward_function
+    from .reward_check import _ending, _ExitCalled, _no_process_exit
+
+    prompts = [p for p, _ in rows]
+    queries = [p + _answer(label) for p, label in rows]
+    labels = [label for _, label in rows]
+    try:
+        with _no_process_exit(), _deadline(timeout):
+            fn = load_reward_function(path)
+            result = call_reward_function(fn, queries, prompts, labels, source=path)
+    except _TimedOut as exc:
+        return CheckOutcome(False, f"reward_func did not return within reward.timeoutSeconds ({timeout:g} s) on"
+                                   f" {len(rows)} rows of the job's data{_user_line(exc, path)}", EXIT_FAILED)
+    except (_ExitCalled, SystemExit, KeyboardInterrupt) as exc:
+        return CheckOutcome(False, f"reward_func {_ending(exc)}{_user_line(exc, path)}", EXIT_FAILED)
+    except RewardFunctionError as exc:
+        return CheckOutcome(False, f"reward_func raised {exc.exc_type}: {exc.exc_message}"
+                                   f"{_user_line(exc.original, path)} (on {len(rows)} rows of the job's data)",
+                            EXIT_FAILED)
+    except RewardError as exc:
+        return CheckOutcome(False, exc.message if hasattr(exc, "message") else str(exc), EXIT_FAILED)
+    scores = result.scores.tolist() if result.scores_given else []
+    outside = [i for i, v in enumerate(scores) if not 0.0 <= v <= 1.0]
+    if outside:
+        return CheckOutcome(False, f"reward_func returned scores[{outside[0]}] = {scores[outside[0]]:.4g}; scores"
+                                   " must lie in [0, 1] (they drive dynamic filtering)", EXIT_FAILED)
+    return CheckOutcome(True, f"reward_func passed on {len(rows)} rows of the job's data"
+                              f" (rewards {', '.join(f'{float(r):.4g}' for r in result.rewards)})")
+
+
+def check_agent(path: str, rows: list[tuple[str, Any]], timeout: float) -> CheckOutcome:
+    """Import the agent file; with an AgentInstance, ``reset`` and one ``step`` per row, contract checked."""
+    from .agent import AgentError, _check_step, load_agent
+
+    try:
+        with _deadline(timeout):
+            _, instance_cls = load_agent(path)
+    except _TimedOut as exc:
+        return CheckOutcome(False, f"{path} did not finish loading within {timeout:g} s{_user_line(exc, path)}",
+                            EXIT_FAILED)
+    except AgentError as exc:
+        cause = exc.__cause__ or exc
+        return CheckOutcome(False, f"{str(exc).splitlines()[0]}{_user_line(cause, path)}", EXIT_FAILED)
+    if instance_cls is None:
+        return CheckOutcome(True, "the agent file loads; it defines only AgentExecutor, which needs the rollout"
+                                  " engines, so no episode was tried")
+
+    async def episode(prompt: str, label: Any) -> None:
+        instance = instance_cls.__new__(instance_cls)
+        created = instance.__init__()
+        if inspect.isawaitable(created):
+            await created
+        await instance.reset({"observation": prompt, "label": label})
+        _check_step(await instance.step({"observation_text": prompt, "action_text": _answer(label), "label": label}))
+
+    for i, (prompt, label) in enumerate(rows):
+        try:
+            with _deadline(timeout):
+                asyncio.run(episode(prompt, label))
+        except _TimedOut as exc:
+            return CheckOutcome(False, f"the agent's reset/step did not return within {timeout:g} s on row {i}"
+                                       f"{_user_line(exc, path)}", EXIT_FAILED)
+        except AgentError as exc:
+            return CheckOutcome(False, f"row {i}: {exc}", EXIT_FAILED)
+        except Exception as exc:  # noqa: BLE001 - the user's error, quoted with its line
+            return CheckOutcome(False, f"the agent raised {type(exc).__name__}: {exc}{_user_line(exc, path)}"
+                                       f" (reset and one step on row {i} of the job's data)", EXIT_FAILED)
+    return CheckOutcome(True, f"the agent's reset and one step passed on {len(rows)} rows of the job's data")
+
+
+def run_check(config, rows: int = ROWS, timeout: Optional[float] = None) -> CheckOutcome:
+    """The check of a job's code as its WorkerConfig describes it; ``timeout`` per call (default:
+    reward.timeoutSeconds, else 60 s)."""
+    from .data import DataError
+
+    spec = config.spec
+    if not config.reward_code_path and not config.agent_code_path:
+        return CheckOutcome(True, "the job has no reward or agent code to check")
+    if timeout is None:
+        timeout = float(getattr(spec.reward, "timeout_seconds", None) or DEFAULT_TIMEOUT) if spec.reward \
+            else DEFAULT_TIMEOUT
+    try:
+        picked = sample_rows(spec, rows)
+    except (DataError, OSError, ValueError) as exc:
+        return CheckOutcome(False, f"could not read rows of the job's data to call the code with: {exc}", EXIT_UNUSABLE)
+    if config.reward_code_path:
+        return check_reward(config.reward_code_path, picked, timeout)
+    return check_agent(config.agent_code_path, picked, timeout)
+
+
+def main(config_path: str, result_file: Optional[str], timeout: Optional[float] = None) -> int:
+    """``python -m rlhf_workers --check-code``: print the outcome, write it to ``result_file``, exit with its code."""
+    from rlhf_api.workerconfig import WorkerConfig
+
+    try:
+        outcome = run_check(WorkerConfig.load(config_path), timeout=timeout)
+    except (OSError, ValueError) as exc:
+        outcome = CheckOutcome(False, f"cannot read the worker config {config_path}: {exc}", EXIT_UNUSABLE)
+    except Exception as exc:  # noqa: BLE001 - the verdict must reach the result file, whatever broke
+        outcome = CheckOutcome(False, f"the check itself failed: {type(exc).__name__}: {exc}", EXIT_UNUSABLE)
+    print(("OK: " if outcome.ok else "FAIL: ") + outcome.message, flush=True)
+    if result_file:
+        try:
+            Path(result_file).write_text(outcome.to_json(), encoding="utf-8")
+        except OSError as exc:
+            print(f"could not write {result_file}: {exc}", flush=True)
+    return outcome.exit_code
