@@ -289,6 +289,9 @@ class ClusterSpec(SpecModel):
     automount_service_account_token: Annotated[bool, Field(default=False, description="Mount the service account's API token into the Ray pods (user code can read it).")] = False
     volumes: Annotated[list[ExtraVolume], Field(default_factory=list, description="Extra volumes for every pod.")]
     priority_class_name: Annotated[Optional[str], Field(default=None, description="Pod priority class.")] = None
+    network_policy: Annotated[bool, Field(default=False, description=(
+        "Create a NetworkPolicy for the job: its pods accept traffic only from each other, from the operator"
+        " (progress endpoint) and from KubeRay (Ray dashboard); outbound traffic is not restricted."))] = False
     ray_version: Annotated[str, Field(default="2.60.0", description="Ray version in the image.")] = "2.60.0"
 
     @field_validator("volumes")

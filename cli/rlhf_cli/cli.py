@@ -256,7 +256,8 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 def cmd_operator(args: argparse.Namespace) -> int:
     from rlhf_operator.main import run_operator
 
-    return run_operator(namespaces=args.namespace, all_namespaces=args.all_namespaces, verbose=args.verbose)
+    return run_operator(namespaces=args.namespace, all_namespaces=args.all_namespaces, verbose=args.verbose,
+                        kubeconfig=args.kubeconfig, context=args.context)
 
 
 def _version() -> str:
@@ -330,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("operator", help="run the operator")
     p.add_argument("--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable)")
     p.add_argument("--all-namespaces", "-A", action="store_true", help="watch all namespaces (default unless -n or RLHF_NAMESPACES)")
+    p.add_argument("--kubeconfig", metavar="FILE", help="the cluster's kubeconfig (default: in-cluster, else $KUBECONFIG"
+                   " or ~/.kube/config; RLHF_KUBECONFIG)")
+    p.add_argument("--context", metavar="NAME", help="the kubeconfig context to use (default: its current one)")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_operator)
     return parser

@@ -37,12 +37,12 @@ NUDGE_ANNOTATION = f"{GROUP}/resynced-at"  # written on a job whose kopf event w
 
 def _read_report(memo: OperatorContext, url: str) -> Optional[ProgressReport]:
     """The driver's progress report, or None when its endpoint cannot be read (counted as a failure)."""
-    memo.metrics.progress_polls += 1
+    memo.metrics.progress_polls_total.inc()
     try:
         with urllib.request.urlopen(url, timeout=memo.cfg.progress_timeout) as response:
             return ProgressReport.from_json(response.read())
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        memo.metrics.progress_failures += 1
+        memo.metrics.progress_failures_total.inc()
         log.debug("progress endpoint %s unreachable: %s", url, exc)
         return None
 
@@ -91,6 +91,8 @@ def poll_progress(memo: OperatorContext, namespace: str, name: str, current: dic
     url = memo.cfg.progress_url.format(cluster=current.get("rayClusterName") or current.get("rayJobName") or name,
                                        namespace=namespace, port=PROGRESS_PORT, job=name)
     report = _read_report(memo, url)
+    if report is not None:
+        memo.metrics.note_report(namespace, name, report)
     events: Events = []
     job = write_status(memo, namespace, name,
                        lambda job: _progress_change(job, report, memo.cfg.stall_seconds, events))

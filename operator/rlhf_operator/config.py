@@ -1,17 +1,36 @@
-"""The operator's settings (OperatorConfig, read from the environment the Helm chart sets) and
-its counters (Metrics, served on /metrics). Plain data: every other operator module may import
-this one, and it imports none of them but render, for the default worker image.
+"""The operator's settings: OperatorConfig, read from the environment the Helm chart sets.
+
+``OperatorConfig.from_env`` reads every ``RLHF_*`` variable through pydantic-settings
+(``_EnvSettings``): a value that does not parse, or an ``RLHF_*`` name that is neither an
+operator setting nor one the workers read, is a ``ConfigError`` whose message is one line
+naming the variable and the fix. Plain data: every other operator module may import this one,
+and it imports none of them but render, for the default worker image.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Mapping, Optional
 
-from rlhf_api.jobstatus import Phase
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from rlhf_api.names import ENV_CONFIG, ENV_JOB_NAME, ENV_REWARD_TOKEN
 
 from .render import RenderOptions
+
+PREFIX = "RLHF_"
+# RLHF_* variables other programs of this project read, which may well be set where the operator
+# runs (a developer's shell, a test): the workers' (rlhf_api.names; rlhf_workers.local and
+# .cluster read the last three), never the operator's.
+OTHERS = frozenset({ENV_CONFIG, ENV_JOB_NAME, ENV_REWARD_TOKEN, "RLHF_LOCAL_RUN", "RLHF_PLACEMENT_TIMEOUT_S",
+                    "RLHF_WORKER_LOGS"})
+
+
+class ConfigError(ValueError):
+    """A setting the operator cannot start with; the message is one line naming the variable."""
+
 
 @dataclass
 class OperatorConfig:
@@ -31,11 +50,14 @@ class OperatorConfig:
     api_retry_max_seconds: float = 60.0
     api_degraded_seconds: float = 120.0
     kubeconfig: Optional[str] = None
+    kube_context: Optional[str] = None  # a kubeconfig context other than its current one
     log_level: str = "INFO"
+    log_format: str = "full"  # kopf's log formats: plain, full or json
     health_port: Optional[int] = 8080
     webhook_port: int = 9443
     webhook_cert_dir: Optional[str] = None
     peering: Optional[str] = None
+    peering_priority: Optional[int] = None  # None: a random one (see main.run_operator)
     # Without the admission webhook no requesting user is known, so jobs naming Secrets are
     # refused unless this is set (everyone who may create RLHFJobs may read the namespace's Secrets).
     allow_secret_references: bool = False
@@ -47,53 +69,88 @@ class OperatorConfig:
         return 2 * self.progress_interval + self.progress_timeout
 
     @classmethod
-    def from_env(cls, env: Optional[dict[str, str]] = None) -> "OperatorConfig":
+    def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "OperatorConfig":
+        """The settings in ``env`` (os.environ if None); ConfigError names a bad or unknown variable."""
         env = dict(os.environ if env is None else env)
-        cfg = cls()
-        if env.get("RLHF_NAMESPACES"):
-            cfg.namespaces = [n.strip() for n in env["RLHF_NAMESPACES"].split(",") if n.strip()]
-        cfg.worker_image = env.get("RLHF_WORKER_IMAGE") or cfg.worker_image
-        cfg.progress_interval = float(env.get("RLHF_PROGRESS_INTERVAL_SECONDS") or cfg.progress_interval)
-        cfg.stall_seconds = float(env.get("RLHF_STALL_SECONDS") or cfg.stall_seconds)
-        cfg.progress_url = env.get("RLHF_PROGRESS_URL") or cfg.progress_url
-        cfg.resync_interval = float(env.get("RLHF_RESYNC_SECONDS") or cfg.resync_interval)
-        cfg.code_retry_seconds = float(env.get("RLHF_CODE_RETRY_SECONDS") or cfg.code_retry_seconds)
-        cfg.api_degraded_seconds = float(env.get("RLHF_API_DEGRADED_SECONDS") or cfg.api_degraded_seconds)
-        cfg.kubeconfig = env.get("RLHF_KUBECONFIG") or None
-        cfg.log_level = env.get("RLHF_LOG_LEVEL") or cfg.log_level
-        port = env.get("RLHF_HEALTH_PORT")
-        cfg.health_port = (int(port) or None) if port else cfg.health_port
-        cfg.webhook_port = int(env.get("RLHF_WEBHOOK_PORT") or cfg.webhook_port)
-        cfg.webhook_cert_dir = env.get("RLHF_WEBHOOK_CERT_DIR") or None
-        cfg.peering = env.get("RLHF_PEERING") or None
-        cfg.allow_secret_references = (env.get("RLHF_ALLOW_SECRET_REFERENCES") or "").strip().lower() in (
-            "1", "true", "yes")
-        return cfg
+        unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in ENV_NAMES and k not in OTHERS)
+        if unknown:
+            guess = difflib.get_close_matches(unknown[0], sorted(ENV_NAMES), n=1, cutoff=0.8)
+            hint = f"did you mean {guess[0]}?" if guess else f"the operator reads {', '.join(sorted(ENV_NAMES))}"
+            raise ConfigError(f"{unknown[0]} is not an operator setting: {hint}")
+        try:
+            read = _EnvSettings(**_Source(_EnvSettings, env)())
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc, env)) from None
+        values = {f.name: getattr(read, f.name) for f in fields(cls) if f.name in _EnvSettings.model_fields}
+        values = {k: v for k, v in values.items() if v is not None or k in _NULLABLE}
+        values["namespaces"] = [n.strip() for n in (read.namespaces or "").split(",") if n.strip()]
+        if read.health_port is not None:
+            values["health_port"] = read.health_port or None  # 0: no health server
+        return cls(**values)
 
 
-@dataclass
-class Metrics:
-    """Counters for /metrics; written from handler threads, read by the health server."""
+_NULLABLE = {"kubeconfig", "kube_context", "webhook_cert_dir", "peering", "peering_priority"}
 
-    phases: dict[tuple[str, str], str] = field(default_factory=dict)
-    rayjobs_created: int = 0
-    validation_failures: int = 0
-    children_refused: int = 0
-    progress_polls: int = 0
-    progress_failures: int = 0
+class _EnvSettings(BaseSettings):
+    """The environment variables, each a field under its own name (alias); None: not set."""
 
-    def render(self) -> str:
-        lines = ["# HELP rlhf_jobs RLHFJobs by phase.", "# TYPE rlhf_jobs gauge"]
-        counts: dict[str, int] = {p.value: 0 for p in Phase}
-        for phase in list(self.phases.values()):
-            counts[phase] = counts.get(phase, 0) + 1
-        lines += [f'rlhf_jobs{{phase="{p}"}} {n}' for p, n in sorted(counts.items())]
-        for name, value, help_ in (
-            ("rlhf_rayjobs_created_total", self.rayjobs_created, "RayJobs created."),
-            ("rlhf_validation_failures_total", self.validation_failures, "RLHFJobs rejected as invalid."),
-            ("rlhf_children_refused_total", self.children_refused, "RLHFJobs failed: the API server refused a child."),
-            ("rlhf_progress_polls_total", self.progress_polls, "Progress endpoint reads."),
-            ("rlhf_progress_poll_failures_total", self.progress_failures, "Progress endpoint reads that failed."),
-        ):
-            lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter", f"{name} {value}"]
-        return "\n".join(lines) + "\n"
+    model_config = SettingsConfigDict(case_sensitive=True, env_ignore_empty=True, extra="ignore",
+                                      populate_by_name=False)
+
+    namespaces: Optional[str] = Field(default=None, alias="RLHF_NAMESPACES")
+    worker_image: Optional[str] = Field(default=None, alias="RLHF_WORKER_IMAGE", min_length=1)
+    progress_interval: Optional[float] = Field(default=None, gt=0, alias="RLHF_PROGRESS_INTERVAL_SECONDS")
+    stall_seconds: Optional[float] = Field(default=None, gt=0, alias="RLHF_STALL_SECONDS")
+    progress_url: Optional[str] = Field(default=None, alias="RLHF_PROGRESS_URL")
+    progress_timeout: Optional[float] = Field(default=None, gt=0, alias="RLHF_PROGRESS_TIMEOUT")
+    resync_interval: Optional[float] = Field(default=None, gt=0, alias="RLHF_RESYNC_SECONDS")
+    code_retry_seconds: Optional[float] = Field(default=None, gt=0, alias="RLHF_CODE_RETRY_SECONDS")
+    api_degraded_seconds: Optional[float] = Field(default=None, gt=0, alias="RLHF_API_DEGRADED_SECONDS")
+    kubeconfig: Optional[str] = Field(default=None, alias="RLHF_KUBECONFIG")
+    kube_context: Optional[str] = Field(default=None, alias="RLHF_KUBE_CONTEXT")
+    log_level: Optional[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]] = Field(
+        default=None, alias="RLHF_LOG_LEVEL")
+    log_format: Optional[Literal["plain", "full", "json"]] = Field(default=None, alias="RLHF_LOG_FORMAT")
+    health_port: Optional[int] = Field(default=None, ge=0, le=65535, alias="RLHF_HEALTH_PORT")
+    webhook_port: Optional[int] = Field(default=None, ge=1, le=65535, alias="RLHF_WEBHOOK_PORT")
+    webhook_cert_dir: Optional[str] = Field(default=None, alias="RLHF_WEBHOOK_CERT_DIR")
+    peering: Optional[str] = Field(default=None, alias="RLHF_PEERING")
+    peering_priority: Optional[int] = Field(default=None, alias="RLHF_PEERING_PRIORITY")
+    allow_secret_references: Optional[bool] = Field(default=None, alias="RLHF_ALLOW_SECRET_REFERENCES")
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _case(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return value.strip().upper() if value.strip().upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") \
+            else value.strip().lower()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   **_: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # from_env hands over what _Source read from its mapping
+
+
+class _Source(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._given = dict(env)
+        super().__init__(settings_cls, case_sensitive=True, env_ignore_empty=True)
+
+    def _load_env_vars(self) -> Mapping[str, Optional[str]]:
+        return {k: v for k, v in self._given.items() if v != ""}
+
+
+ENV_NAMES = frozenset(f.alias for f in _EnvSettings.model_fields.values() if f.alias)
+_EXPECTED = {"float_parsing": "expected a number of seconds such as 600", "int_parsing": "expected a whole number",
+             "bool_parsing": "expected true or false", "greater_than": "expected a number above 0"}
+
+
+def _one_line(exc: ValidationError, env: Mapping[str, str]) -> str:
+    """pydantic's first error as one line: the variable, its value, and what it takes instead."""
+    error = exc.errors()[0]
+    name = str(error["loc"][0]) if error.get("loc") else "?"
+    expected = _EXPECTED.get(error["type"]) or error["msg"][:1].lower() + error["msg"][1:]
+    return f"{name}={env.get(name, '')!r} is not valid: {expected}"

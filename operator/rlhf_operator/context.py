@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import kopf
 
-from .config import Metrics, OperatorConfig
+from .config import OperatorConfig
+from .metrics import Metrics
 from .render import RenderOptions
 
 if TYPE_CHECKING:

@@ -27,9 +27,10 @@ from typing import Optional
 import kopf
 from rlhf_api.names import GROUP, MANAGED_BY, PLURAL, VERSION
 
-from . import admission, background, launch, mirror, startup
-from .config import Metrics, OperatorConfig
+from . import admission, background, launch, mirror, startup, writes
+from .config import OperatorConfig
 from .context import OperatorContext
+from .metrics import Metrics
 
 __all__ = ["Metrics", "OperatorConfig", "OperatorContext", "register"]
 
@@ -53,14 +54,17 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, metrics: Opti
     """
     context = OperatorContext(cfg, metrics)
     rlhfjobs = (GROUP, VERSION, PLURAL)
-    on = kopf.on
+    on, timed = kopf.on, context.metrics.timed  # every job handler's duration is observed, by handler
+    on.login(id="login", param=context, registry=registry)(startup.login)
     on.startup(id=_id("configure"), param=context, registry=registry)(startup.configure)
     on.cleanup(id=_id("stop_health"), registry=registry)(startup.stop_health)
-    on.create(*rlhfjobs, id=_id("launch"), registry=registry)(launch.launch)
-    on.resume(*rlhfjobs, id=_id("launch"), registry=registry)(launch.launch)
-    on.update(*rlhfjobs, field="spec", id=_id("spec_changed"), registry=registry)(launch.spec_changed)
+    on.create(*rlhfjobs, id=_id("launch"), registry=registry)(timed("launch", launch.launch))
+    on.resume(*rlhfjobs, id=_id("launch"), registry=registry)(timed("launch", launch.launch))
+    on.update(*rlhfjobs, field="spec", id=_id("spec_changed"), registry=registry)(
+        timed("spec_changed", launch.spec_changed))
+    on.event(*rlhfjobs, when=writes.gone, id="forget", registry=registry)(writes.forget)
     on.event("ray.io", "v1", "rayjobs", labels=MANAGED_BY, when=mirror.reported, id=_id("rayjob_changed"),
-             registry=registry)(mirror.rayjob_changed)
+             registry=registry)(timed("rayjob_changed", mirror.rayjob_changed))
     on.startup(id=_id("start_background"), registry=registry)(background.start_background)
     on.cleanup(id=_id("stop_background"), registry=registry)(background.stop_background)
     if cfg.webhook_cert_dir:  # kopf refuses admission handlers without a server to serve them

@@ -6,8 +6,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from .metrics import CONTENT_TYPE
+
 if TYPE_CHECKING:
-    from .config import Metrics
+    from .metrics import Metrics
 
 
 async def start_health_server(port: int, metrics: "Metrics", host: str = "0.0.0.0") -> web.AppRunner:
@@ -15,7 +17,8 @@ async def start_health_server(port: int, metrics: "Metrics", host: str = "0.0.0.
         return web.Response(text="ok\n")
 
     async def metrics_page(_: web.Request) -> web.Response:
-        return web.Response(text=metrics.render(), content_type="text/plain", charset="utf-8")
+        # prometheus-client's exposition of the operator's own registry (see metrics.py).
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)

@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import socket
+import urllib.parse
+from importlib import metadata
 from typing import Any, Callable, Optional
 
 import kubernetes
@@ -22,10 +24,20 @@ from .status import ApiAnswer
 
 log = logging.getLogger(__name__)
 
-_PLURALS = {("ray.io/v1", "RayJob"): ("ray.io", "v1", "rayjobs")}
+_PLURALS = {("ray.io/v1", "RayJob"): ("ray.io", "v1", "rayjobs"),
+            ("networking.k8s.io/v1", "NetworkPolicy"): ("networking.k8s.io", "v1", "networkpolicies")}
 EVENT_SOURCE = MANAGER
 _INSTANCE = os.environ.get("HOSTNAME") or socket.gethostname()  # the pod name in a cluster
 EVENT_MESSAGE_LIMIT = 1024
+try:
+    _VERSION = metadata.version("rlhf-operator")
+except metadata.PackageNotFoundError:  # run from a source tree
+    _VERSION = "dev"
+# How the operator names itself to the API server: its requests' User-Agent (kopf's too, see
+# startup.login), and the field manager of everything it writes (managedFields, server-side apply).
+USER_AGENT = f"{MANAGER}/{_VERSION}"
+FIELD_MANAGER = MANAGER
+_WRITES = ("POST", "PUT", "PATCH")
 
 
 def event_manifest(involved: dict[str, Any], type_: str, reason: str, message: str,
@@ -108,29 +120,58 @@ class _ApiClient(kubernetes.client.ApiClient):
     walk was a quarter of each call's CPU. Model objects still get the client's own conversion.
     """
 
+    on_error: Optional[Callable[[str, int], None]] = None  # (HTTP method, code; 0: no answer), for metrics
+
     def sanitize_for_serialization(self, obj: Any) -> Any:
         if type(obj) is dict:
             return obj
         return _CONVERT(_PLAIN_CLIENT, obj)  # the original walk, all the way down
+
+    def call_api(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        """Every write names the operator as its field manager; every failure is counted."""
+        if method.upper() in _WRITES and "fieldManager=" not in url:
+            url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"fieldManager": FIELD_MANAGER})
+        try:
+            response = super().call_api(method, url, *args, **kwargs)
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            if self.on_error is not None:
+                self.on_error(method, int(getattr(exc, "status", 0) or 0))
+            raise
+        if self.on_error is not None and not 200 <= response.status <= 299:
+            self.on_error(method, response.status)
+        return response
 
 
 _CONVERT = kubernetes.client.ApiClient.sanitize_for_serialization
 _PLAIN_CLIENT = object.__new__(kubernetes.client.ApiClient)  # only its conversion is used
 
 
-def api_client(kubeconfig: Optional[str] = None) -> kubernetes.client.ApiClient:
-    """A client for the cluster: the given kubeconfig, the in-cluster account, or ~/.kube/config."""
+def kube_configuration(kubeconfig: Optional[str] = None, context: Optional[str] = None) -> kubernetes.client.Configuration:
+    """Where the cluster is and how to log in: the given kubeconfig (and context), else the in-cluster
+    account, else $KUBECONFIG or ~/.kube/config. Raises kubernetes.config.ConfigException when none works."""
     configuration = kubernetes.client.Configuration()
-    if kubeconfig:
-        kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    else:
+    if not kubeconfig and not context:
         try:
             kubernetes.config.load_incluster_config(client_configuration=configuration)
+            return configuration
         except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(client_configuration=configuration)
+            pass
+    # $KUBECONFIG as it is now: the client read it once, when it was imported.
+    path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    kubernetes.config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
+    return configuration
+
+
+def api_client(kubeconfig: Optional[str] = None, context: Optional[str] = None,
+               on_error: Optional[Callable[[str, int], None]] = None) -> kubernetes.client.ApiClient:
+    """A client for the cluster (see kube_configuration), sending the operator's User-Agent."""
+    configuration = kube_configuration(kubeconfig, context)
     # Handlers run in up to OperatorConfig.max_workers threads that share this client.
     configuration.connection_pool_maxsize = 32
-    return _ApiClient(configuration)
+    client = _ApiClient(configuration)
+    client.user_agent = USER_AGENT
+    client.on_error = on_error
+    return client
 
 
 def _owned_by(obj: dict[str, Any], uid: str) -> bool:

@@ -182,7 +182,7 @@ def _set_validated(memo: OperatorContext, body: kopf.Body, ok: bool, reason: str
 
 
 def _fail(memo: OperatorContext, body: kopf.Body, reason: str, message: str) -> None:
-    memo.metrics.validation_failures += 1
+    memo.metrics.validation_failures_total.inc()
     _set_validated(memo, body, False, reason, message, Phase.Failed.value)
     post(memo, body, [("Warning", reason, message)])
 
@@ -204,7 +204,7 @@ def _refused(memo: OperatorContext, body: kopf.Body, exc: Refused, owned: list[d
     meta = body["metadata"]
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
     verdict = st.refusal(exc.answer, exc.kind, exc.api_version, exc.name, exc.namespace)
-    memo.metrics.children_refused += 1
+    memo.metrics.children_refused_total.inc()
     _remove(memo, owned, namespace, name)
 
     def change(job: dict[str, Any]) -> Optional[dict[str, Any]]:
@@ -303,7 +303,7 @@ def launch(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Pa
         # Adopted after a restart: the mirror may be writing too, so guard the write.
         write_status(memo, namespace, name, launched, body)
     if any(c.startswith("RayJob ") for c in created):
-        memo.metrics.rayjobs_created += 1
+        memo.metrics.rayjobs_created_total.inc()
         post(memo, body, [("Normal", st.RAYJOB_CREATED, f"created {', '.join(created)}")])
         logger.info("created %s", ", ".join(created))
 

@@ -37,6 +37,7 @@ TERMINATION_GRACE_SECONDS = 600
 # KubeRay 1.7's head ports by the names it looks them up with (ray-operator/controllers/ray/
 # utils/constant.go; common/service.go getServicePorts).
 KUBERAY_HEAD_PORTS = (("gcs-server", 6379), ("dashboard", 8265), ("client", 10001), ("metrics", 8080))
+DASHBOARD_PORT = dict(KUBERAY_HEAD_PORTS)["dashboard"]
 
 
 
@@ -56,6 +57,10 @@ class RenderOptions:
     # How long the driver keeps serving its final report after training ends: the operator
     # polls every 15 s, so two polls and a timeout's worth of margin.
     progress_linger_seconds: float = 35.0
+    # Where the operator and KubeRay run, for a job's NetworkPolicy (cluster.networkPolicy); None
+    # admits their pods (by label) from any namespace.
+    operator_namespace: Optional[str] = None
+    kuberay_namespace: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,10 @@ def snapshot_configmap_name(job_name: str, code_digest: Optional[str]) -> str:
 
 def rayjob_name(job_name: str) -> str:
     return job_name
+
+
+def network_policy_name(job_name: str) -> str:
+    return f"{job_name}-ingress"
 
 
 def labels(job: RLHFJob, component: str) -> dict[str, str]:
@@ -463,6 +472,42 @@ def rayjob(job: RLHFJob, snapshot: Snapshot, digest: Optional[str], options: Ren
     }
 
 
+# The pods that may reach a job's head from outside the job: the operator polls the progress
+# endpoint (labels of the chart's Deployment), KubeRay's RayJob controller asks the dashboard
+# for the job's state (labels of KubeRay's chart: helm-chart/kuberay-operator/templates/deployment.yaml).
+OPERATOR_POD_LABELS = {"app.kubernetes.io/part-of": MANAGER, "app.kubernetes.io/component": "operator"}
+KUBERAY_POD_LABELS = {"app.kubernetes.io/component": "kuberay-operator"}
+
+
+def _peer(pod_labels: dict[str, str], namespace: Optional[str]) -> dict[str, Any]:
+    namespaces = {"matchLabels": {"kubernetes.io/metadata.name": namespace}} if namespace else {}
+    return {"namespaceSelector": namespaces, "podSelector": {"matchLabels": dict(pod_labels)}}
+
+
+def network_policy(job: RLHFJob, options: RenderOptions = RenderOptions()) -> dict[str, Any]:
+    """Ingress to the job's pods from its own pods (Ray's ports, the submitter), the operator (the
+    progress port) and KubeRay (the dashboard port) only. Policies add up: another policy of the
+    namespace may admit more (a Prometheus scraping Ray's metrics port, say)."""
+    own = {"matchLabels": {JOB_LABEL: job.metadata.name}}
+    head = {"matchLabels": {JOB_LABEL: job.metadata.name, "app.kubernetes.io/component": "head"}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(job, network_policy_name(job.metadata.name), "network-policy"),
+        "spec": {
+            "podSelector": own,
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": own}]},
+                {"from": [_peer(OPERATOR_POD_LABELS, options.operator_namespace)],
+                 "ports": [{"protocol": "TCP", "port": PROGRESS_PORT}]},
+                {"from": [_peer(KUBERAY_POD_LABELS, options.kuberay_namespace)],
+                 "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}]},
+            ],
+        },
+    }
+
+
 def render(job: RLHFJob, code_sources: Optional[Mapping[str, str]] = None,
            options: RenderOptions = RenderOptions()) -> list[dict[str, Any]]:
     """Every object the operator creates for ``job``, in creation order.
@@ -482,4 +527,5 @@ def render(job: RLHFJob, code_sources: Optional[Mapping[str, str]] = None,
         "immutable": True,
         "data": {CONFIG_FILE: worker_config(job, files, digest, options).to_json(), **dict(sorted(files.items()))},
     }
-    return [config_map, rayjob(job, snapshot, digest, options)]
+    policy = [network_policy(job, options)] if job.spec.cluster.network_policy else []
+    return [config_map, *policy, rayjob(job, snapshot, digest, options)]

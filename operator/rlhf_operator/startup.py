@@ -1,5 +1,6 @@
-"""Operator start and stop: kopf's settings, the API client, the health server.
+"""Operator start and stop: kopf's login and settings, the API client, the health server.
 
+    login        kopf logs in: the same kubeconfig/context as the operator's client, and its User-Agent
     configure    operator started: kopf's storage and posting settings, the client, /healthz and /metrics
     stop_health  operator stopping: close the health server
 """
@@ -8,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Optional
 
 import kopf
+import kubernetes
 from rlhf_api.names import KIND
 
 from .context import OperatorContext
 from .health import start_health_server
-from .kube import Kube, api_client
+from .kube import USER_AGENT, Kube, api_client, kube_configuration
 
 
 class _RLHFJobDiffBase(kopf.StatusDiffBaseStorage):
@@ -35,6 +37,37 @@ class _RLHFJobDiffBase(kopf.StatusDiffBaseStorage):
             # No handler watches a status field: leave the status out of the copy.
             body = {key: value for key, value in body.items() if key != "status"}
         return super().build(body=body, extra_fields=extra_fields)
+
+
+class _Identified(kopf.ConnectionInfo):
+    """kopf's credentials, and the operator's name on every request kopf itself sends (watches,
+    its status patches, its Events): kopf names itself only when the headers it is given do not."""
+
+    def as_http_headers(self) -> dict[str, str]:
+        return {**super().as_http_headers(), "User-Agent": USER_AGENT}
+
+
+def connection_info(configuration: kubernetes.client.Configuration, trust_env: bool = False) -> kopf.ConnectionInfo:
+    """kopf's credentials from the kubernetes client's configuration (kopf.login_via_client's reading)."""
+    # The token is behind the client's api-key lookup, which also runs its refresh hooks.
+    header: Optional[str] = (configuration.get_api_key_with_prefix("BearerToken")
+                             or configuration.get_api_key_with_prefix("authorization"))
+    scheme, _, token = (header or "").rpartition(" ")
+    return _Identified(
+        server=configuration.host, ca_path=configuration.ssl_ca_cert, insecure=not configuration.verify_ssl,
+        username=configuration.username or None, password=configuration.password or None,
+        scheme=scheme or None, token=token or None, certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file, trust_env=trust_env, priority=100)
+
+
+def login(param: OperatorContext, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """kopf handler: log kopf in where the operator's own client goes (RLHF_KUBECONFIG, RLHF_KUBE_CONTEXT)."""
+    cfg = param.cfg
+    try:
+        configuration = kube_configuration(cfg.kubeconfig, cfg.kube_context)
+    except kubernetes.config.ConfigException as exc:
+        raise kopf.LoginError(f"no cluster to connect to: {exc}") from exc
+    return connection_info(configuration, settings.networking.trust_env)
 
 
 async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, memo: OperatorContext,
@@ -62,7 +95,10 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, memo: 
         )
         settings.admission.managed = None  # the Helm chart owns the webhook configuration
     # Connect (and import the client's API modules) before the first job arrives.
-    memo.kube = Kube(api_client(cfg.kubeconfig))
+    try:
+        memo.kube = Kube(api_client(cfg.kubeconfig, cfg.kube_context, on_error=memo.metrics.api_error))
+    except kubernetes.config.ConfigException as exc:  # retrying would not find one either
+        raise kopf.PermanentError(f"no cluster to connect to: {exc}") from exc
     if cfg.health_port:
         try:
             memo.health = await start_health_server(cfg.health_port, memo.metrics)

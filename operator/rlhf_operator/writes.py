@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import kopf
-from rlhf_api.jobstatus import TERMINAL_PHASES, Phase
+from rlhf_api.jobstatus import TERMINAL_PHASES
 from rlhf_api.names import GROUP, KIND, VERSION
 
 from .context import OperatorContext
@@ -33,13 +33,23 @@ def note(memo: OperatorContext, namespace: str, name: str, status: Optional[dict
     key = (namespace, name)
     if status is None:  # the job is gone
         memo.active.pop(key, None)
-        memo.metrics.phases.pop(key, None)
+        memo.metrics.forget(namespace, name)
         return
-    memo.metrics.phases[key] = status.get("phase") or Phase.Pending.value
+    memo.metrics.note_job(namespace, name, status)
     if status.get("phase") in TERMINAL_PHASES:
         memo.active.pop(key, None)
     else:
         memo.active[key] = status
+
+
+def forget(memo: OperatorContext, namespace: str, name: str, **_: Any) -> None:
+    """kopf handler, RLHFJob deleted: it leaves the active-jobs table and the metrics at once."""
+    note(memo, namespace, name, None)
+
+
+def gone(type: Optional[str] = None, **_: Any) -> bool:  # noqa: A002  (kopf's name for the event type)
+    """kopf filter: the watch event says the object was deleted."""
+    return type == "DELETED"
 
 
 def post(memo: OperatorContext, job: Any, events: Events) -> None:

@@ -96,6 +96,7 @@ WORKLOAD_RULES = {
     ("rlhf.dev", "rlhfjobs"): {"get", "list", "watch", "patch"},
     ("rlhf.dev", "rlhfjobs/status"): {"get", "patch", "update"},
     ("ray.io", "rayjobs"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "create", "delete"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},

@@ -1,5 +1,6 @@
 """RLHFJob → RayJob lifecycle with the real kopf operator against the API emulator."""
 
+import copy
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -7,7 +8,7 @@ import pytest
 
 from k8s_schemas import rayjob_errors
 from support.fake_kuberay import FakeKubeRay
-from support.operator_env import (JOBS, NS, RAYJOBS, REWARD, conditions, job_status, kuberay, reasons, rlhfjob,
+from support.operator_env import (JOBS, NS, RAYJOBS, REWARD, SPEC, conditions, job_status, kuberay, reasons, rlhfjob,
                                   wait_phase)
 
 
@@ -414,3 +415,18 @@ def test_unreachable_progress_endpoint_stalls_after_the_limit(kube, operator, ru
     running_job(progress_url="http://127.0.0.1:9/progress", stall_seconds=1)
     kube.wait_for(lambda: conditions(job_status(kube)).get("Stalled", {}).get("status") == "True", timeout=15)
     assert operator.metrics.progress_failures > 0
+
+
+def test_network_policy_is_created_owned_by_the_job_when_asked(kube, operator):
+    operator.start()
+    spec = copy.deepcopy(SPEC)
+    spec.setdefault("cluster", {})["networkPolicy"] = True
+    job = kube.create(rlhfjob("isolated", spec))
+    kube.wait_for(lambda: kube.get(RAYJOBS, "isolated", NS))
+    policy = kube.get("networking.k8s.io/v1/networkpolicies", "isolated-ingress", NS)
+    owner, = policy["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"]) == ("RLHFJob", job["metadata"]["uid"])
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"rlhf.dev/job-name": "isolated"}}
+    created = kube.wait_for(lambda: [e["message"] for e in kube.list("v1/events", NS)
+                                     if e.get("reason") == "RayJobCreated" and "isolated" in e.get("message", "")])
+    assert "NetworkPolicy isolated-ingress" in created[0], created

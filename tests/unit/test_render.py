@@ -405,3 +405,53 @@ def test_pod_annotations_that_weaken_the_restricted_profile_are_refused(annotati
     else:
         head = rendered(doc)[-1]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
         assert head["metadata"]["annotations"] == annotations
+
+
+def _admits(policy, pod_labels, namespace_labels, port):
+    """Whether ``policy`` lets a pod with these labels, in a namespace with these, reach ``port``
+    (NetworkPolicy semantics: any rule; in a rule, any peer and any port; matchLabels only)."""
+    def matches(selector, labels):
+        return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+    for rule in policy["spec"]["ingress"]:
+        ports = [p["port"] for p in rule.get("ports", [])]
+        if ports and port not in ports:
+            continue
+        for peer in rule["from"]:
+            in_namespace = (matches(peer["namespaceSelector"], namespace_labels) if "namespaceSelector" in peer
+                            else namespace_labels.get("kubernetes.io/metadata.name") == "team-a")
+            if in_namespace and matches(peer["podSelector"], pod_labels):
+                return True
+    return False
+
+
+def test_network_policy_admits_only_the_jobs_pods_the_operator_and_kuberay():
+    doc = job(cluster={"networkPolicy": True})
+    doc["metadata"]["namespace"] = "team-a"
+    objects = rendered(doc, options=RenderOptions(operator_namespace="rlhf-system", kuberay_namespace="ray-system"))
+    assert [o["kind"] for o in objects] == ["ConfigMap", "NetworkPolicy", "RayJob"]
+    policy = objects[1]
+    assert core_errors(policy) == []
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == UID
+    head = objects[-1]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["metadata"]["labels"]
+    submitter = objects[-1]["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    team_a = {"kubernetes.io/metadata.name": "team-a"}
+    operator = {"app.kubernetes.io/part-of": "rlhf-operator", "app.kubernetes.io/component": "operator"}
+    kuberay = {"app.kubernetes.io/name": "kuberay-operator", "app.kubernetes.io/component": "kuberay-operator"}
+    # the policy selects every pod of the job, and the job's pods reach each other on any port
+    assert all(policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items() for labels in (head, submitter))
+    assert _admits(policy, submitter, team_a, 8265) and _admits(policy, head, team_a, 6379)
+    # the operator reaches the progress port only, from its own namespace
+    assert _admits(policy, operator, {"kubernetes.io/metadata.name": "rlhf-system"}, 8270)
+    assert not _admits(policy, operator, {"kubernetes.io/metadata.name": "rlhf-system"}, 8265)
+    assert not _admits(policy, operator, team_a, 8270)
+    # KubeRay reaches the dashboard only
+    assert _admits(policy, kuberay, {"kubernetes.io/metadata.name": "ray-system"}, 8265)
+    assert not _admits(policy, kuberay, {"kubernetes.io/metadata.name": "ray-system"}, 10001)
+    # another job's pods, or any other pod of the namespace, are not admitted
+    other = {**head, "rlhf.dev/job-name": "other"}
+    assert not _admits(policy, other, team_a, 8265) and not _admits(policy, {"app": "x"}, team_a, 8270)
+
+
+def test_no_network_policy_unless_asked():
+    assert [o["kind"] for o in rendered(job())] == ["ConfigMap", "RayJob"]

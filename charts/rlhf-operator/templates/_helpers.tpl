@@ -135,6 +135,10 @@ Secrets (workers get them through secretKeyRef in their pod specs).
 - apiGroups: ["ray.io"]
   resources: ["rayjobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# A job's own NetworkPolicy (spec.cluster.networkPolicy): created, read back when adopted.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "delete"]
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "list", "watch", "create", "patch"]

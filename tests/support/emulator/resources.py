@@ -111,6 +111,7 @@ BUILTIN_RESOURCES: tuple[ApiResource, ...] = (
     _res('apps/v1', 'deployments', 'Deployment', status=True, short_names=('deploy',), categories=('all',)),
     _res('batch/v1', 'jobs', 'Job', status=True, categories=('all',)),
     _res('coordination.k8s.io/v1', 'leases', 'Lease'),
+    _res('networking.k8s.io/v1', 'networkpolicies', 'NetworkPolicy', short_names=('netpol',)),
     _res('apiextensions.k8s.io/v1', 'customresourcedefinitions', 'CustomResourceDefinition',
          namespaced=False, status=True, short_names=('crd', 'crds')),
 )
