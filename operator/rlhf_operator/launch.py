@@ -21,6 +21,7 @@ from rlhf_api.imports import job_import_findings
 from rlhf_api.jobstatus import TERMINAL_PHASES, Phase
 from rlhf_api.names import CODE_HASH_ANNOTATION, GROUP, KIND, VERSION
 from rlhf_api.spec import MUTABLE_FIELDS, RLHFJob, immutable_changes
+from rlhf_api.advice import job_warnings
 from rlhf_api.secrets import describe, secret_references
 from rlhf_api.validation import FieldError, InvalidJob, parse_job, parse_spec
 from rlhf_api.workerconfig import REWARD_FILE
@@ -114,7 +115,15 @@ def _read_code(kube: Kube, job: RLHFJob, current: dict[str, Any]) -> dict[str, s
             return {ref.file: snapshot[ref.file] for ref in refs}
     sources: dict[str, str] = {}
     for ref in refs:
-        data = kube.configmap_data(namespace, ref.config_map)
+        try:
+            data = kube.configmap_data(namespace, ref.config_map)
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            # The operator's RBAC, not the job, is at fault: say so, and look again later.
+            raise CodeUnavailable(f"{ref.field}: the operator may not read ConfigMap {ref.config_map!r} in namespace"
+                                  f" {namespace!r} ({_error_text(exc)}); grant it `get` on configmaps there (the"
+                                  " chart's watchNamespaces)") from None
         if data is None:
             raise CodeUnavailable(f"{ref.field}: ConfigMap {ref.config_map!r} not found in namespace {namespace!r};"
                                   f" create it (kubectl create configmap {ref.config_map} --from-file={ref.key})")
@@ -304,7 +313,9 @@ def launch(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Pa
         write_status(memo, namespace, name, launched, body)
     if any(c.startswith("RayJob ") for c in created):
         memo.metrics.rayjobs_created_total.inc()
-        post(memo, body, [("Normal", st.RAYJOB_CREATED, f"created {', '.join(created)}")])
+        # Warnings of a valid spec (rlhf_api.advice) go out once, with the RayJob they concern.
+        post(memo, body, [("Normal", st.RAYJOB_CREATED, f"created {', '.join(created)}")]
+             + [("Warning", w.reason, str(w)) for w in job_warnings(job.spec)])
         logger.info("created %s", ", ".join(created))
 
 

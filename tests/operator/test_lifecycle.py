@@ -430,3 +430,19 @@ def test_network_policy_is_created_owned_by_the_job_when_asked(kube, operator):
     created = kube.wait_for(lambda: [e["message"] for e in kube.list("v1/events", NS)
                                      if e.get("reason") == "RayJobCreated" and "isolated" in e.get("message", "")])
     assert "NetworkPolicy isolated-ingress" in created[0], created
+
+
+def test_code_configmap_the_operator_may_not_read_is_said_and_retried(kube, operator):
+    operator.start()
+    rule = kube.faults.add("status", "GET", r"/configmaps/my-reward$", code=403)
+    kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "my-reward", "namespace": NS},
+                 "data": {"reward.py": REWARD}})
+    spec = rlhfjob()["spec"]
+    spec["reward"] = {"function": {"configMapRef": {"name": "my-reward", "key": "reward.py"}}}
+    kube.create(rlhfjob(spec=spec))
+    status = wait_phase(kube, "Pending", "CodeNotFound")
+    assert "the operator may not read ConfigMap 'my-reward'" in status["message"] and "403" in status["message"]
+    assert kube.get(RAYJOBS, "demo", NS) is None
+    kube.faults.clear()  # RBAC fixed: the next look succeeds
+    assert rule.fired >= 1
+    kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS), timeout=30)
