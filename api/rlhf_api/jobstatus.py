@@ -134,7 +134,11 @@ class RLHFJobStatus(SpecModel):
         "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
     ray_job_name: Optional[str] = Field(default=None, description="The RayJob running this job.")
     ray_cluster_name: Optional[str] = None
-    dashboard_url: Annotated[Optional[str], Field(default=None, alias="dashboardURL")] = None
+    dashboard_url: Annotated[Optional[str], Field(
+        default=None, alias="dashboardURL",
+        description="The Ray dashboard of the job's cluster, as KubeRay reports it (the head Service's host:port; "
+                    "kubectl port-forward svc/CLUSTER-head-svc 8265 reaches it from outside)."),
+    ] = None
     code_hash: Optional[str] = Field(default=None, description="Hash of the snapshotted reward/agent code.")
     progress: Optional[Progress] = None
     last_checkpoint: Optional[str] = Field(default=None, description="Path of the newest checkpoint.")
