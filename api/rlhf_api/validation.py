@@ -77,6 +77,12 @@ _BOUND_HINTS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<
 _BOUND_KEYS = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le"}
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value as an error quotes it: its repr, cut short so a pasted file does not fill the screen."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _closest(word: str, choices: Iterable[str]) -> Optional[str]:
     """The choice a typo most likely meant, compared without case, '_' or '-' (so the snake_case
     or lower-case spelling of a camelCase field finds it)."""
@@ -122,7 +128,7 @@ def _unknown_field(error: dict[str, Any], root: Optional[type[BaseModel]]) -> st
 def _choice(error: dict[str, Any]) -> str:
     allowed = re.findall(r"'([^']*)'", (error.get("ctx") or {}).get("expected", ""))
     got = error.get("input")
-    hint = f"must be one of {', '.join(allowed)} (got {got!r})"
+    hint = f"must be one of {', '.join(allowed)} (got {_shown(got)})"
     guess = _closest(str(got), allowed) if isinstance(got, str) else None
     return hint + (f"; did you mean {guess}?" if guess else "")
 
@@ -130,7 +136,7 @@ def _choice(error: dict[str, Any]) -> str:
 def _size(error: dict[str, Any]) -> Optional[str]:
     kind, ctx, got = error["type"], error.get("ctx") or {}, error.get("input")
     if kind in _BOUND_HINTS:
-        return f"must be {_BOUND_HINTS[kind]} {ctx.get(_BOUND_KEYS[kind])} (got {got!r})"
+        return f"must be {_BOUND_HINTS[kind]} {ctx.get(_BOUND_KEYS[kind])} (got {_shown(got)})"
     if kind == "string_too_short":
         return "must not be empty" if ctx.get("min_length") == 1 else f"must be at least {ctx.get('min_length')} characters long"
     if kind == "string_too_long":
@@ -155,9 +161,9 @@ def _hint(error: dict[str, Any], root: Optional[type[BaseModel]] = None) -> str:
         return sized
     if kind == "string_pattern_mismatch":
         pattern = (error.get("ctx") or {}).get("pattern", "")
-        return _PATTERN_HINTS.get(pattern, f"must match the pattern {pattern}") + f" (got {error.get('input')!r})"
+        return _PATTERN_HINTS.get(pattern, f"must match the pattern {pattern}") + f" (got {_shown(error.get('input'))})"
     if kind in _TYPE_HINTS:
-        return f"{_TYPE_HINTS[kind]} (got {error.get('input')!r})"
+        return f"{_TYPE_HINTS[kind]} (got {_shown(error.get('input'))})"
     return error["msg"].removeprefix("Value error, ")
 
 

@@ -140,3 +140,11 @@ def test_a_file_without_read_permission_exits_1(tmp_path, capsys):
     path.chmod(0)
     code, _, err = run_cli(capsys, "validate", path)
     assert code == 1 and "cannot read: Permission denied" in err
+
+
+def test_a_long_wrong_value_is_quoted_short(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "validate", write(tmp_path, job(training={"maxEpochs": "x" * 5000})))
+    assert code == 2
+    (line,) = [line for line in err.splitlines() if "spec.training.maxEpochs" in line]
+    assert "must be a whole number, unquoted (got 'xxx" in line and "(5002 characters)" in line
+    assert len(line) < 300
