@@ -66,3 +66,17 @@ def test_timed_handlers_keep_their_kind_and_observe_failures_too():
     registry = metrics.registry
     assert registry.get_sample_value("rlhf_reconcile_duration_seconds_count", {"handler": "sync"}) == 1
     assert registry.get_sample_value("rlhf_reconcile_duration_seconds_count", {"handler": "async"}) == 1
+
+
+def test_conditions_become_gauges_and_a_report_before_any_status_counts_as_running():
+    metrics = Metrics()
+    metrics.note_job("ns", "faulty", {"phase": "Failed", "reason": "RewardFaults", "conditions": [
+        {"type": "RewardFaults", "status": "True"}, {"type": "Stalled", "status": "False"}]})
+    metrics.note_report("ns", "early", ProgressReport(step=1, heartbeat="2026-01-01T00:00:00Z"))
+    value = metrics.registry.get_sample_value
+    assert value("rlhf_job_reward_faults", {"namespace": "ns", "rlhfjob": "faulty"}) == 1
+    assert value("rlhf_job_stalled", {"namespace": "ns", "rlhfjob": "faulty"}) == 0
+    assert value("rlhf_job_phase", {"namespace": "ns", "rlhfjob": "faulty", "phase": "Failed"}) == 1
+    assert value("rlhf_jobs", {"phase": "Running"}) == 1 and value("rlhf_jobs", {"phase": "Failed"}) == 1
+    assert value("rlhf_job_heartbeat_age_seconds", {"namespace": "ns", "rlhfjob": "early"}) > 3600
+    assert value("rlhf_job_reward_mean", {"namespace": "ns", "rlhfjob": "early"}) is None  # not reported: no series
