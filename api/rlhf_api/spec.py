@@ -121,7 +121,52 @@ class RewardModel(SpecModel):
     normalize: Annotated[bool, Field(default=False, description="Normalize rewards with the model's stored mean/std.")] = False
 
 
-class RewardSpec(SpecModel):
+class RewardFaultPolicy(SpecModel):
+    """What happens when a reward call (or an agent step) raises, hangs or returns garbage: a fault, not a low reward."""
+
+    timeout_seconds: Annotated[
+        float, Field(default=60.0, gt=0, le=86400, description="Wall-clock seconds one call (one agent step) may take; "
+                     "past it the call is killed and counted as a timeout."),
+    ] = 60.0
+    on_error: Annotated[
+        Literal["skip", "fallback"],
+        Field(default="skip", description="skip: drop a faulted sample (its whole group for group estimators); "
+              "fallback: give it fallbackReward."),
+    ] = "skip"
+    fallback_reward: Annotated[float, Field(default=0.0, description="The reward of a faulted sample with onError: fallback.")] = 0.0
+    max_error_rate: Annotated[
+        float, Field(default=0.2, ge=0, le=1, description="Fail the job when more than this share of the samples of the "
+                     "last errorWindowSteps steps faulted."),
+    ] = 0.2
+    error_window_steps: Annotated[
+        int, Field(default=5, ge=1, le=10000, description="Steps over which maxErrorRate is measured."),
+    ] = 5
+
+
+class SandboxSpec(SpecModel):
+    """Limits of each sandboxed reward process (and of everything it starts)."""
+
+    cpu_seconds: Annotated[float, Field(default=60.0, ge=0, description="CPU seconds of one call (0: no limit).")] = 60.0
+    memory_mb: Annotated[
+        int, Field(default=4096, ge=0, alias="memoryMB", description="Address space of each process in MiB (0: no limit)."),
+    ] = 4096
+    max_processes: Annotated[
+        int, Field(default=256, ge=0, description="Processes the sandbox's user may run at once (0: no limit)."),
+    ] = 256
+    file_size_mb: Annotated[
+        int, Field(default=64, ge=0, alias="fileSizeMB", description="Largest file a sandboxed process may write, MiB."),
+    ] = 64
+    output_kb: Annotated[
+        int, Field(default=64, ge=1, alias="outputKB", description="Output kept per process (the rest is dropped)."),
+    ] = 64
+    network: Annotated[bool, Field(default=False, description="Let reward code use the network (default: no network).")] = False
+    read_paths: Annotated[
+        list[str], Field(default_factory=list, max_length=64, description="More paths the reward code may read "
+                         "(system and Python directories and the reward file's directory are always readable)."),
+    ]
+
+
+class RewardSpec(RewardFaultPolicy):
     """Where rewards come from: exactly one of a function file, a remote server or a reward model."""
 
     model_config = ConfigDict(json_schema_extra={
@@ -138,6 +183,15 @@ class RewardSpec(SpecModel):
         Optional[list[float]],
         Field(default=None, min_length=2, max_length=2, description="Clip rewards to [lo, hi] before advantages (OpenRLHF --reward_clip_range)."),
     ] = None
+    parallelism: Annotated[
+        Optional[int], Field(default=None, ge=1, le=1024, description="Sandboxed processes scoring a function reward's batch "
+                             "(default: the reward worker's cores)."),
+    ] = None
+    batch: Annotated[
+        Literal["split", "whole"],
+        Field(default="split", description="split: the batch is spread over the processes; whole: one call sees it all."),
+    ] = "split"
+    sandbox: Annotated[SandboxSpec, Field(default_factory=SandboxSpec, description="Limits of the sandboxed reward processes.")]
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "RewardSpec":
@@ -155,7 +209,7 @@ class RewardSpec(SpecModel):
         return "function" if self.function else "remote" if self.remote else "model"
 
 
-class AgentSpec(CodeSource):
+class AgentSpec(CodeSource, RewardFaultPolicy):
     """A multi-step agent file defining AgentInstance/AgentExecutor (OpenRLHF --agent_func_path)."""
 
     max_steps: Annotated[int, Field(default=5, ge=1, le=1000, description="Maximum environment steps per episode.")] = 5

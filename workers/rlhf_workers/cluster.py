@@ -33,8 +33,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from rlhf_api.spec import RLHFJobSpec
 
 from .batch import MicroBatch
-from .reward import (LocalFunctionReward, RemoteReward, RewardContractError, RewardError, RewardFunctionError,
-                     RewardModelReward, RewardResult)
+from .reward import RewardContractError, RewardError, RewardFunctionError, RewardResult, make_reward_executor
 from .rollout import Generation, SamplingConfig, make_engine
 from .weight_sync import (ColocatedSync, CollectiveSync, ObjectStoreSync, SyncGroup, TensorLayout, WeightSync,
                           module_layout, send_parameters)
@@ -170,20 +169,16 @@ class RoleWorker:
 
 
 class RewardWorker:
-    """Loads the reward (function file, server client or reward model) once and scores batches."""
+    """Loads the reward (function file in sandboxed processes, server client or reward model) once and
+    scores batches; samples whose call raised, timed out or broke the contract come back as ``faults``."""
 
-    def __init__(self, kind: str, options: dict):
-        self.kind, self.options = kind, options
+    def __init__(self, kind: str, options: dict, policy: Optional[dict] = None):
+        self.kind, self.options, self.policy = kind, options, policy
         self.executor = None
 
     def setup(self) -> Optional[dict]:
         try:
-            if self.kind == "function":
-                self.executor = LocalFunctionReward(self.options["path"])
-            elif self.kind == "remote":
-                self.executor = RemoteReward(**self.options)
-            else:
-                self.executor = RewardModelReward(**self.options)
+            self.executor = make_reward_executor(self.kind, self.options, self.policy)
         except RewardError as exc:
             return _fault(exc)
         return None
@@ -196,7 +191,7 @@ class RewardWorker:
         except RewardError as exc:
             return _fault(exc)
         return {"rewards": result.rewards, "scores": result.scores, "extra_logs": result.extra_logs,
-                "warnings": result.warnings}
+                "warnings": result.warnings, "faults": result.faults}
 
 
 def _fault(exc: RewardError, sample: Optional[int] = None) -> dict:
@@ -234,7 +229,7 @@ class RewardPool:
             if "error" in out:
                 raise _as_error(out, chunk[0], prompts)
             parts.append(RewardResult(rewards=out["rewards"], scores=out["scores"], extra_logs=out["extra_logs"],
-                                      warnings=out["warnings"]))
+                                      warnings=out["warnings"], faults=out.get("faults", [])))
         return RewardResult.concat(parts)
 
 
@@ -413,7 +408,8 @@ class Cluster:
         if reward is not None:  # agents score their own episodes
             kind, options = reward
             cluster._reward_actors = [
-                ray.remote(RewardWorker).options(num_cpus=0, runtime_env=env).remote(kind, options)
+                ray.remote(RewardWorker).options(num_cpus=0, runtime_env=env).remote(kind, options,
+                                                                                     spec.reward.model_dump())
                 for _ in range(reward_workers)
             ]
         try:

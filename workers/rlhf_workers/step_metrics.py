@@ -75,7 +75,15 @@ def update_metrics(trained: Sequence[Sample], kl: float, adv: AdvantageResult, s
 def rollout_metrics(generated: Sequence[Sample], groups_kept: int, groups_generated: int,
                     extra_logs: dict[str, Any]) -> dict[str, Any]:
     """Every sample generated in the step (kept by dynamic filtering or not): rewards, scores,
-    the filter's pass rate, response lengths, and the reward's ``extra_logs`` as ``extra/<key>``."""
+    the filter's pass rate, response lengths, and the reward's ``extra_logs`` as ``extra/<key>``.
+
+    With no sample left (every one dropped for a reward fault) the reward statistics are NaN."""
+    if not generated:
+        nan = float("nan")
+        return {"reward/mean": nan, "reward/std": nan, "reward/min": nan, "reward/max": nan, "score/mean": nan,
+                "filter/pass_rate": groups_kept / groups_generated if groups_generated else 0.0,
+                "filter/groups_generated": groups_generated, "response_length/mean": nan,
+                "response_length/max": 0, "response/clip_ratio": nan, **{f"extra/{k}": v for k, v in extra_logs.items()}}
     rewards = torch.tensor([x.reward for x in generated])
     lengths = [len(x.response_ids) for x in generated]
     row: dict[str, Any] = {

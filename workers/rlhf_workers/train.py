@@ -30,7 +30,10 @@ logprobs of the sampled tokens: the weight-sync check), ``weight_sync/backend`` 
 ``object_store`` or ``colocated``) and ``weight_sync/bytes`` (the weights pushed), ``samples``, ``samples_per_second``,
 ``advantages/zero_groups`` (trained prompt groups whose rewards tie: no signal; group estimators),
 ``tokens_per_second`` (generation), ``time/generate|reward|logprobs|advantages|update|weight_sync|checkpoint|step``,
-and ``extra/<key>`` for every ``extra_logs`` key of the reward.
+and ``extra/<key>`` for every ``extra_logs`` key of the reward. Reward faults (calls that raised,
+timed out or returned garbage; :mod:`rlhf_workers.reward.faults`): ``reward/errors/raised|timeout|invalid``
+and ``reward/error_rate``; with ``onError: skip`` the faulted samples (their groups, for group
+estimators) are left out of every other metric and of the update.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import ray
 import torch
 
 from rlhf_api.progress import utc_now
+from rlhf_api.spec import GROUP_ESTIMATORS
 from rlhf_api.workerconfig import WorkerConfig
 
 from .agent import agent_rewards
@@ -54,7 +58,7 @@ from .batch import MicroBatch, dummy, pack, pad_rows
 from .cluster import Cluster, RoleGroup, split_evenly
 from .data import Prompt
 from .metrics import ProgressServer
-from .reward import RewardResult
+from .reward import FaultWindow, RewardFaultsExceeded, RewardResult
 from .rollout import Sample, SamplingConfig
 from .session import LogReporter, Reporter, TrainResult, open_session
 from .step_metrics import Timer, kl_metric, mean_stats, rollout_metrics, timing_metrics, update_metrics
@@ -68,6 +72,8 @@ class Rollout:
     g*n .. g*n+n-1), and every sample generated to find them (dynamic filtering drops some)."""
 
     n: int
+    skip_faulted: bool = False  #: drop samples the reward faulted on (onError: skip)
+    whole_groups: bool = True  #: ... with their whole group (group estimators)
     prompts: list[Prompt] = field(default_factory=list)  #: one per kept group
     samples: list[Sample] = field(default_factory=list)  #: the kept groups' samples
     generated: list[Sample] = field(default_factory=list)  #: every sample generated, kept or not
@@ -90,10 +96,13 @@ class Rollout:
         for sample, r, sc in zip(samples, result.rewards.tolist(), result.scores.tolist()):
             sample.reward, sample.score = r, sc
         self.results.append(result)
-        self.generated += samples
+        dropped = result.faulted() if self.skip_faulted else set()
+        self.generated += [x for i, x in enumerate(samples) if i not in dropped]
         self.groups_generated += len(chunk)
         for g in kept:
-            self.add_group(chunk[g], samples[g * self.n:(g + 1) * self.n])
+            members = [i for i in range(g * self.n, (g + 1) * self.n) if i not in dropped]
+            if members and (len(members) == self.n or not self.whole_groups):
+                self.add_group(chunk[g], [samples[i] for i in members])
 
     def action_mask(self) -> torch.Tensor:
         return pad_rows([s.mask if s.mask is not None else [1.0] * len(s.response_ids) for s in self.samples])
@@ -115,6 +124,7 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
     """Run (or resume) the job described by ``config`` on the connected Ray cluster."""
     spec = config.spec
     algo, n, rollout_size = spec.algorithm, spec.algorithm.n_samples_per_prompt, spec.training.rollout_batch_size
+    faults = FaultWindow.for_policy(spec.agent or spec.reward)
     with open_session(config, reporter or LogReporter(), progress, max_steps=max_steps, threads=threads) as s:
         step = s.first_step
         while step < s.total_steps and not s.prompts.exhausted:
@@ -125,7 +135,8 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
             episode = s.prompts.episode
 
             # ---------------------------------------------------- 1-3. rollout, reward, dynamic filtering
-            batch = Rollout(n)
+            batch = Rollout(n, skip_faulted=(spec.agent or spec.reward).on_error == "skip",
+                            whole_groups=algo.advantage_estimator in GROUP_ESTIMATORS)
             while batch.groups < rollout_size and not s.prompts.exhausted:  # filtering refills from the data
                 sampling = s.round_sampling()  # seeded by the data position, so a resumed run samples the same
                 chunk = s.prompts.take(rollout_size - batch.groups)
@@ -139,7 +150,9 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
             reward = RewardResult.concat(batch.results)
             for warning in reward.warnings:
                 logger.warning("reward: %s", warning)
-            s.progress.update(step=step, episode=episode)
+            fault_row = faults.record(step, reward.faults, len(reward))
+            s.progress.update(step=step, episode=episode, **faults.progress())
+            check_reward_faults(faults, s)  # too many faults over the window: fail fast, train on nothing
 
             row: dict[str, Any] = {"step": step + 1, "total_steps": s.total_steps, "episode": episode}
             if len(batch):
@@ -166,12 +179,14 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
                                           adv, stats))
                 row.update(synced.metrics())  # weight_sync/backend and weight_sync/bytes
             else:
-                s.reporter.message(f"step {step + 1}: no prompt group passed dynamic filtering; nothing to train on")
+                s.reporter.message(f"step {step + 1}: no prompt group passed dynamic filtering "
+                                  "or every group had a reward fault; nothing to train on")
                 row.update({"samples": 0, "kl": 0.0})
 
             # ---------------------------------------------------- 8. metrics, progress, checkpoint
             step += 1
             row.update(rollout_metrics(batch.generated, batch.groups, batch.groups_generated, reward.extra_logs))
+            row.update(fault_row)
             tokens = s.agent.client.take_token_count() if s.agent else sum(len(x.response_ids) for x in batch.generated)
             if spec.checkpoint.save_steps > 0 and step % spec.checkpoint.save_steps == 0 and step < s.total_steps:
                 with t("checkpoint"):
@@ -193,6 +208,15 @@ def kept_groups(algo, scores: torch.Tensor, groups: int) -> Sequence[int]:
         return range(groups)
     # the scores tensor as the reward returned it: the filter decides at its precision
     return dynamic_filter(scores, algo.n_samples_per_prompt, tuple(algo.dynamic_filtering.score_range)).kept_groups
+
+
+def check_reward_faults(faults: FaultWindow, s) -> None:
+    """End the run when the reward faulted on too many samples lately; the report says ``RewardFaults``."""
+    try:
+        faults.check()
+    except RewardFaultsExceeded as exc:
+        s.progress.update(failure_reason=exc.reason)
+        raise
 
 
 def forward_passes(cluster: Cluster, batch: Rollout, spec, pad_id: int) -> ForwardPasses:

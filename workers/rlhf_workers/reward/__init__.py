@@ -29,20 +29,43 @@ The package, one concern a module:
 * :mod:`.loader` - ``reward_func`` from a file or inline source, loaded once;
 * :mod:`.contract` - the inputs and the returned value checked against the contract;
 * one module per executor: :mod:`.function` (:class:`LocalFunctionReward`),
-  :mod:`.remote` (:class:`RemoteReward`) and :mod:`.model` (:class:`RewardModelReward`).
+  :mod:`.remote` (:class:`RemoteReward`) and :mod:`.model` (:class:`RewardModelReward`);
+* :mod:`.faults` - :class:`RewardFault` (a call that raised, timed out or broke the contract),
+  counted per step by :class:`FaultWindow`, which stops a run whose fault rate passes the bound;
+* :mod:`.sandboxed` - what training runs: the function in sandboxed processes with a timeout
+  (:class:`SandboxedFunctionReward`), the others bounded by the same timeout (:class:`GuardedReward`).
 
 Everything is importable from ``rlhf_workers.reward`` itself, as before the split.
 """
 
 from __future__ import annotations
 
-from .contract import KNOWN_KEYS, validate_reward_output
-from .errors import RemoteRewardError, RewardContractError, RewardError, RewardFunctionError, RewardLoadError
-from .function import LocalFunctionReward, call_reward_function
-from .loader import RewardFn, load_reward_function
-from .model import RewardModelReward
-from .remote import RemoteReward
-from .result import RewardExecutor, RewardResult
+import importlib
+from typing import Any
+
+# Names resolve on first use (PEP 562), so a sandboxed process importing only
+# ``rlhf_workers.reward.loader`` does not load torch unless the user's code does.
+_EXPORTS = {
+    "KNOWN_KEYS": "contract", "validate_reward_output": "contract",
+    "RemoteRewardError": "errors", "RewardContractError": "errors", "RewardError": "errors",
+    "RewardFunctionError": "errors", "RewardLoadError": "errors",
+    "LocalFunctionReward": "function", "call_reward_function": "function",
+    "RewardFn": "loader", "load_reward_function": "loader",
+    "RewardModelReward": "model", "RemoteReward": "remote",
+    "RewardExecutor": "result", "RewardResult": "result",
+    "RewardFault": "faults", "FaultWindow": "faults", "RewardFaultsExceeded": "faults",
+    "SandboxedFunctionReward": "sandboxed", "GuardedReward": "sandboxed", "make_reward_executor": "sandboxed",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "RewardError",
@@ -60,4 +83,10 @@ __all__ = [
     "RewardModelReward",
     "RewardFn",
     "KNOWN_KEYS",
+    "RewardFault",
+    "FaultWindow",
+    "RewardFaultsExceeded",
+    "SandboxedFunctionReward",
+    "GuardedReward",
+    "make_reward_executor",
 ]

@@ -27,6 +27,9 @@ class RewardResult:
         scores_given: whether the function returned ``scores`` itself.
         warnings: contract-conforming oddities worth showing (dtype casts, unknown keys,
             scores outside [0, 1], ...).
+        faults: one :class:`~rlhf_workers.reward.faults.RewardFault` per sample whose call raised,
+            timed out or broke the contract (its reward and score are placeholders: the fallback
+            reward, or 0 when the sample is to be skipped); empty when every call ended ok.
     """
 
     rewards: torch.Tensor
@@ -35,6 +38,11 @@ class RewardResult:
     extra_logs_per_sample: dict[str, torch.Tensor] = field(default_factory=dict)
     scores_given: bool = False
     warnings: list[str] = field(default_factory=list)
+    faults: list = field(default_factory=list)
+
+    def faulted(self) -> set[int]:
+        """Indices of the samples that have no reward of their own."""
+        return {f.sample_index for f in self.faults}
 
     def __len__(self) -> int:
         return int(self.rewards.numel())
@@ -66,6 +74,8 @@ class RewardResult:
             if all(key in p.extra_logs_per_sample for p in parts)
         }
         warnings = list(dict.fromkeys(w for p in parts for w in p.warnings))
+        offsets = [sum(sizes[:k]) for k in range(len(parts))]
+        faults = [f.shifted(offset) for p, offset in zip(parts, offsets) for f in p.faults]
         return RewardResult(
             rewards=torch.cat([p.rewards for p in parts]),
             scores=torch.cat([p.scores for p in parts]),
@@ -73,6 +83,7 @@ class RewardResult:
             extra_logs_per_sample=per_sample,
             scores_given=all(p.scores_given for p in parts),
             warnings=warnings,
+            faults=faults,
         )
 
 
