@@ -46,13 +46,41 @@ class Command:
     working_dir: Optional[str] = None
 
 
-def split_command(text: str) -> list[str]:
-    """Words of a shell command: backslash-newline continues the line, '#' starts a comment."""
-    joined = re.sub(r"\\\r?\n", " ", text)
+_ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
+_VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def _words(line: str) -> list[str]:
     try:
-        return shlex.split(joined, comments=True)
+        return shlex.split(line, comments=True)
     except ValueError as exc:  # an unclosed quote
         raise CommandError(f"cannot split the command into words: {exc}") from None
+
+
+def _expand(word: str, variables: dict[str, str]) -> str:
+    """$NAME and ${NAME} set earlier in the script; others stay as written (and are reported)."""
+    return _VARIABLE.sub(lambda m: variables.get(m.group(1) or m.group(2), m.group(0)), word)
+
+
+def split_command(text: str) -> list[str]:
+    """The words of the OpenRLHF command in a shell script or a pasted command: backslash-newline
+    continues a line, '#' starts a comment, and ``NAME=value`` / ``export NAME=value`` lines
+    before the command set the $NAME it uses. A script must run exactly one OpenRLHF trainer."""
+    variables: dict[str, str] = {}
+    commands = []
+    for line in re.sub(r"\\\r?\n", " ", text).splitlines():
+        words = _words(line)
+        if words[:1] == ["export"]:
+            words = words[1:]
+        if words and all(_ASSIGNMENT.match(w) for w in words):
+            for word in words:
+                name, value = _ASSIGNMENT.match(word).groups()
+                variables[name] = _expand(value, variables)
+        elif any("openrlhf" in w or "train_ppo" in w for w in words):
+            commands.append([_expand(w, variables) for w in words])
+    if len(commands) > 1:
+        raise CommandError(f"the script runs {len(commands)} OpenRLHF commands; give one at a time")
+    return commands[0] if commands else []
 
 
 def _entry(tokens: list[str]) -> tuple[int, int, str]:

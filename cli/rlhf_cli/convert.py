@@ -52,8 +52,14 @@ class _Values:
 
     def __init__(self, command: Command):
         self.given: dict[str, tuple[str, Any]] = {}  # key -> (spelling used, value)
+        self.unresolved: dict[str, str] = {}  # key -> the flag as written, with a shell variable in it
         for name, raw in command.flags:
             flag = BY_NAME[name]
+            if any("$" in value for value in raw):
+                self.unresolved[flag.key] = " ".join([name, *raw])
+                self.given.pop(flag.key, None)
+                continue
+            self.unresolved.pop(flag.key, None)
             self.given[flag.key] = (name, _typed(flag, name, raw))
 
     def __contains__(self, key: str) -> bool:
@@ -110,6 +116,10 @@ class _Converter:
         self.command, self.values = command, _Values(command)
         self.code, self.namespace = code, namespace
         self.base_dir = base_dir / command.working_dir if command.working_dir else base_dir
+        for key, written in self.values.unresolved.items():
+            if key in ("pretrain", "prompt_data", "remote_rm_url", "reward_pretrain", "agent_func_path"):
+                raise CommandError(f"{written}: a shell variable rlhf convert cannot see; set it in the script"
+                                   " (NAME=value before the command) or give the command with it expanded")
         model = self.values.get("pretrain")
         if not model:
             raise CommandError("the command names no model: --pretrain (or --actor.model_name_or_path) is required")
@@ -127,6 +137,8 @@ class _Converter:
         self.out.unconverted.append(f"{self.values.spelling(key)}: not converted: {why}")
 
     def run(self) -> Conversion:
+        for written in self.values.unresolved.values():
+            self.out.unconverted.append(f"{written}: not converted: a shell variable rlhf convert cannot see")
         self._table_rows()
         self._reward()
         self._resources()
@@ -151,6 +163,7 @@ class _Converter:
                 self.ignore(flag.key, flag.note or "the operator decides this")
             elif flag.status == "unsupported" and given:
                 self.lose(flag.key, flag.note or "the RLHFJob has no such setting")
+        self._data_quirks()
         dtype = self.values.get("param_dtype")
         if dtype is not None:
             if dtype in ("bf16", "fp32"):
@@ -160,6 +173,17 @@ class _Converter:
         loss = self.values.get("policy_loss_type")
         if loss is not None and loss != "ppo":
             self.lose("policy_loss_type", f"{loss} is not supported; the job trains with the PPO loss")
+
+    def _data_quirks(self) -> None:
+        """What OpenRLHF does with prompt flags that a job spells differently."""
+        sources = [p for p in str(self.values.get("prompt_data")).split(",") if p]
+        if len(sources) > 1:
+            _put(self.spec, "data.prompts", sources[0])
+            self.lose("prompt_data", f"one prompt source per job; used {sources[0]}, not {', '.join(sources[1:])}")
+        template = self.values.get("input_template")
+        if template is not None and "{}" not in template:
+            del self.spec["data"]["inputTemplate"]
+            self.ignore("input_template", "it has no '{}', so OpenRLHF does not use it either")
 
     # ---- reward and agent
     def _code_source(self, path: str, role: str) -> dict:
@@ -350,7 +374,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     try:
         if args.file:
             tokens = split_command(sys.stdin.read() if args.file == "-" else Path(args.file).read_text())
-        if not tokens:
+        elif not tokens:
             raise CommandError("give the OpenRLHF command after `--`, or -f FILE")
         code = "inline" if args.inline else "configmap" if args.configmaps else "ref"
         result = convert(tokens, name=args.name, namespace=args.namespace, code=code, base_dir=Path(args.base_dir))

@@ -342,3 +342,43 @@ def test_docs_flag_table_is_the_one_the_code_uses(capsys, monkeypatch):
     assert doc.split(start, 1)[1].split(end, 1)[0] == flag_table_markdown()
     code, out, _ = run(capsys, monkeypatch, "convert", "--table")
     assert code == 0 and out == flag_table_markdown()
+
+
+def test_a_script_sets_the_variables_its_command_uses(workdir, capsys, monkeypatch):
+    script = """#!/bin/bash
+set -x
+export MODEL=deepseek-ai/deepseek-math-7b-base
+DATA=gsm8k SAVE=/ckpt/${DATA}
+ray job submit --address="http://127.0.0.1:8265" \\
+   -- python3 -m openrlhf.cli.train_ppo_ray \\
+   --pretrain $MODEL --prompt_data ${DATA},more_prompts \\
+   --remote_rm_url ./reward.py --save_path $SAVE \\
+   --wandb_run_name $RUN --input_template "no slot here" \\
+   --n_samples_per_prompt=4 --advantage_estimator group_norm
+"""
+    code, documents, err = convert(capsys, monkeypatch, script)
+    assert code == 3, err
+    spec = documents[0]["spec"]
+    assert spec["model"]["path"] == "deepseek-ai/deepseek-math-7b-base"
+    assert spec["data"] == {"prompts": "gsm8k"} and spec["checkpoint"]["path"] == "/ckpt/gsm8k"
+    assert spec["algorithm"]["nSamplesPerPrompt"] == 4  # --flag=value
+    assert "--prompt_data: not converted: one prompt source per job; used gsm8k, not more_prompts" in err
+    assert "--wandb_run_name $RUN: not converted: a shell variable" in err
+    assert "--input_template: ignored: it has no '{}'" in err
+    validate(capsys, monkeypatch, workdir, documents)
+
+
+def test_a_script_with_two_trainers_or_an_unknown_model_variable_is_refused(workdir, capsys, monkeypatch):
+    one = "python3 -m openrlhf.cli.train_ppo_ray --pretrain /m --prompt_data d --remote_rm_url reward.py\n"
+    code, documents, err = convert(capsys, monkeypatch, one + one)
+    assert (code, documents) == (2, []) and "runs 2 OpenRLHF commands" in err
+    code, documents, err = convert(capsys, monkeypatch, one.replace("/m", "$MODEL_PATH"))
+    assert (code, documents) == (2, []) and "--pretrain $MODEL_PATH: a shell variable" in err
+
+
+def test_the_seed_commands_here_are_the_guides_own():
+    guide = ROOT.parent / "shared" / "seed" / "custom-reward-functions.md"
+    if not guide.is_file():
+        pytest.skip("OpenRLHF's custom-reward guide is not beside this checkout")
+    blocks = re.findall(r"```bash\n(.*?)```", guide.read_text(), re.S)
+    assert sorted(b for b in blocks if "train_ppo_ray" in b) == sorted(SEED.values())
