@@ -16,6 +16,7 @@ import yaml
 
 helm = pytest.importorskip("helm_python")
 
+from k8s_schemas import core_errors  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from rlhf_api.progress import ProgressReport  # noqa: E402
@@ -167,3 +168,25 @@ def test_metric_name_extraction_reads_promql_as_meant():
     assert metric_names('histogram_quantile(0.95, sum by (le, handler) (rate(rlhf_x_bucket{a="b or c"}[5m])))') \
         == {"rlhf_x_bucket"}
     assert metric_names("rlhf_a == 1 or rlhf_b > 0.05 unless on (namespace) rlhf_c") == {"rlhf_a", "rlhf_b", "rlhf_c"}
+
+
+def test_monitoring_values_lint_and_the_configmap_is_a_valid_core_object():
+    report = helm.lint(str(CHART), MONITORING, namespace=NAMESPACE)
+    assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 3] == [], report
+    [configmap] = [o for o in rendered(MONITORING) if o["kind"] == "ConfigMap"
+                   and "grafana_dashboard" in o["metadata"].get("labels", {})]
+    assert core_errors(configmap) == []
+
+
+def test_prometheus_rule_has_the_shape_the_prometheus_operator_accepts():
+    """monitoring.coreos.com/v1 PrometheusRule: groups with unique names; each rule records or alerts
+    (one of the two), has an expr, and string-valued labels and annotations."""
+    [rule] = [o for o in rendered(MONITORING) if o["kind"] == "PrometheusRule"]
+    names = [g["name"] for g in rule["spec"]["groups"]]
+    assert len(names) == len(set(names))
+    for group in rule["spec"]["groups"]:
+        for r in group["rules"]:
+            assert ("alert" in r) != ("record" in r) and isinstance(r["expr"], str) and r["expr"].strip()
+            assert set(r) <= {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}
+            for mapping in (r.get("labels", {}), r.get("annotations", {})):
+                assert all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()), mapping
