@@ -142,6 +142,8 @@ class RLHFJobStatus(SpecModel):
     code_hash: Optional[str] = Field(default=None, description="Hash of the snapshotted reward/agent code.")
     progress: Optional[Progress] = None
     last_checkpoint: Optional[str] = Field(default=None, description="Path of the newest checkpoint.")
+    final_model: Optional[str] = Field(default=None, description="Where the trained model is (Hugging Face format), "
+                                       "on the checkpoint volume.")
     attempts: Optional[int] = Field(default=None, description="Attempts made so far: the first run plus KubeRay's retries.")
     start_time: Optional[str] = Field(default=None, json_schema_extra=_DATE_TIME)
     completion_time: Optional[str] = Field(default=None, json_schema_extra=_DATE_TIME)

@@ -39,3 +39,5 @@ RESERVED_MOUNTS = {"/etc/rlhf/config", "/etc/rlhf/code", "/dev/shm"}
 # Mounted by the operator too, but a user volume may sit inside them (a PVC for the HF cache at
 # /home/ray/.cache/huggingface, a checkpoint directory under /tmp): only the paths themselves are taken.
 RESERVED_EXACT_MOUNTS = set(SCRATCH_DIRS.values())
+# Where a run leaves its trained model, in the output directory (checkpoint.path in a cluster).
+FINAL_MODEL_DIR = "final_model"

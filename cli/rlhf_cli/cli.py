@@ -101,6 +101,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Every RLHFJob of every file (or of standard input for "-"); exit 2 if any is refused, 1 if
     a file cannot be read. With -o, the valid jobs are printed with their defaults filled in and
     the summaries go to stderr."""
+    from rlhf_api.advice import job_warnings
     from rlhf_api.validation import InvalidJob, load_jobs
     from rlhf_api.yamlfile import label
 
@@ -129,6 +130,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 valid.append(_as_stored(item, args.namespace))
                 print(f"{source}:{item.document.line}: ok: {_summary(item.job)}" if several
                       else f"{source}: ok: {_summary(item.job)}", file=summaries)
+                for warning in job_warnings(item.job.spec):  # valid, but probably not what was meant
+                    print(f"{source}: warning: {warning}", file=sys.stderr)
     if args.output and valid:
         sys.stdout.write(formatted(valid, args.output))
     return status

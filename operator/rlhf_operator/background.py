@@ -67,6 +67,8 @@ def _progress_change(job: dict[str, Any], report: Optional[ProgressReport], stal
             fields["lastCheckpoint"] = report.last_checkpoint.path
             events.append(("Normal", "Checkpointed",
                            f"step {report.last_checkpoint.step} saved to {report.last_checkpoint.path}"))
+        if report.final_model and fresh.get("finalModel") != report.final_model:
+            fields["finalModel"] = report.final_model
     # A heartbeat from before this attempt started running says nothing about this attempt.
     running_cond = st.get_condition(fresh.get("conditions") or [], st.RUNNING)
     since = running_cond.get("lastTransitionTime") if running_cond else None

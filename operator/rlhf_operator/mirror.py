@@ -13,6 +13,7 @@ import time
 from typing import Any, Optional
 
 import kopf
+from rlhf_api.advice import final_model_path
 from rlhf_api.jobstatus import TERMINAL_PHASES, Phase
 from rlhf_api.names import GROUP, KIND
 
@@ -71,7 +72,14 @@ def mirror_rayjob(memo: OperatorContext, namespace: str, owner: str, rayjob: dic
             return _deleted_while_running(rayjob, job, events)
         outcome = st.mirror(current, rayjob, job["metadata"].get("generation"))
         events.extend(outcome.events)
-        return outcome.status or None
+        fields = dict(outcome.status or {})
+        if fields.get("phase") == Phase.Succeeded.value and not current.get("finalModel"):
+            # The driver reports its final model while it lingers; should no poll have caught that, the
+            # path follows from the spec, where the model outlives the Ray cluster.
+            path = final_model_path(job.get("spec") or {})
+            if path:
+                fields["finalModel"] = path
+        return fields or None
 
     job = write_status(memo, namespace, owner, change)
     while waiting and job is not None:

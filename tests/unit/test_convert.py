@@ -150,6 +150,13 @@ def test_flat_and_dotted_generations_give_the_same_job(workdir, capsys, monkeypa
     ref = (job["spec"].get("reward", {}).get("function") or job["spec"]["agent"])["configMapRef"]
     assert configmap["metadata"]["name"] == ref["name"] and ref["key"] in configmap["data"]
     validate(capsys, monkeypatch, workdir, flat[1])
+    # The operator's rendering takes it too, with the ConfigMap's code in the snapshot.
+    (workdir / "cm.yaml").write_text(yaml.safe_dump(configmap))
+    (workdir / "job-only.yaml").write_text(yaml.safe_dump(job))
+    code, out, err = run(capsys, monkeypatch, "render", workdir / "job-only.yaml", "--configmap", f"{ref['name']}=cm.yaml")
+    assert code == 0, err
+    snapshot = next(yaml.safe_load_all(out))
+    assert configmap["data"][ref["key"]] in snapshot["data"].values()
 
 
 KEY_FLAGS = [

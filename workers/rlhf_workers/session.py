@@ -35,7 +35,7 @@ from typing import Any, Iterator, Optional, Protocol
 
 import torch
 
-from rlhf_api.names import ENV_REWARD_TOKEN
+from rlhf_api.names import ENV_REWARD_TOKEN, FINAL_MODEL_DIR
 from rlhf_api.progress import CheckpointInfo, utc_now
 from rlhf_api.workerconfig import WorkerConfig
 
@@ -50,7 +50,6 @@ from .rollout import SamplingConfig
 # the pod's log format prints it, and log filters may select on it.
 logger = logging.getLogger("rlhf_workers.train")
 
-FINAL_MODEL_DIR = "final_model"
 CHECKPOINT_DIR = "checkpoints"
 
 
