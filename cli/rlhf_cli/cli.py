@@ -31,12 +31,12 @@ __all__ = ["main", "build_parser", "dump_yaml_documents"]
 
 def _configmap_sources(pairs: Sequence[str], job_dir: Path) -> dict[str, dict[str, str]]:
     """--configmap NAME=FILE: FILE is a ConfigMap manifest, or a source file used for any key."""
-    from rlhf_api.validation import load_configmap_file
+    from rlhf_api.validation import FieldError, InvalidJob, load_configmap_file
 
     found: dict[str, dict[str, str]] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise SystemExit(f"rlhf: --configmap expects NAME=FILE (got {pair!r})")
+            raise InvalidJob([FieldError("", f"--configmap expects NAME=FILE (got {pair!r})")])
         name, file = pair.split("=", 1)
         found[name] = load_configmap_file(file, job_dir)
     return found
@@ -238,7 +238,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_local(args.file, args.output, configmap_files=configmaps or None, max_steps=args.max_steps, quiet=args.quiet)
 
 
+def _unreadable(*files: str) -> Optional[str]:
+    """The first file that cannot be opened, as the line to print."""
+    for file in files:
+        try:
+            open(file, "rb").close()
+        except OSError as exc:
+            return f"{file}: cannot read: {exc.strerror}"
+    return None
+
+
 def cmd_test_reward(args: argparse.Namespace) -> int:
+    problem = _unreadable(args.file, args.data)
+    if problem:
+        print(problem, file=sys.stderr)
+        return EXIT_UNREADABLE
     try:
         from rlhf_workers.reward_check import run_reward_check
     except ImportError as exc:

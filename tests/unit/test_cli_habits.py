@@ -148,3 +148,14 @@ def test_a_long_wrong_value_is_quoted_short(tmp_path, capsys):
     (line,) = [line for line in err.splitlines() if "spec.training.maxEpochs" in line]
     assert "must be a whole number, unquoted (got 'xxx" in line and "(5002 characters)" in line
     assert len(line) < 300
+
+
+def test_unreadable_files_of_every_command_exit_1_and_a_malformed_option_2(tmp_path, capsys):
+    job_file = write(tmp_path, job())
+    code, _, err = run_cli(capsys, "test-reward", tmp_path / "nope.py", "--data", tmp_path / "nope.jsonl")
+    assert code == 1 and err.strip() == f"{tmp_path / 'nope.py'}: cannot read: No such file or directory"
+    assert run_cli(capsys, "run", tmp_path / "nope.yaml")[0] == 1
+    code, _, err = run_cli(capsys, "render", job_file, "--configmap", f"rw={tmp_path / 'nope.py'}")
+    assert code == 1 and "nope.py: cannot read" in err
+    code, out, err = run_cli(capsys, "render", job_file, "--configmap", "just-a-name")
+    assert (code, out) == (2, "") and err.strip() == f"{job_file}: --configmap expects NAME=FILE (got 'just-a-name')"
