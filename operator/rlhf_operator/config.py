@@ -61,7 +61,14 @@ class OperatorConfig:
     # Without the admission webhook no requesting user is known, so jobs naming Secrets are
     # refused unless this is set (everyone who may create RLHFJobs may read the namespace's Secrets).
     allow_secret_references: bool = False
+    # Before each RayJob, run the job's reward/agent code once in a CPU-only pod (codecheck); a job
+    # opts out with spec.preflight: false, the whole operator with this (RLHF_PREFLIGHT_PODS=false).
+    preflight_pods: bool = True
     max_workers: int = 16
+    # Where the operator and KubeRay's operator run: a job's NetworkPolicy (cluster.networkPolicy)
+    # admits their pods from these namespaces only (None: by their labels, from any namespace).
+    operator_namespace: Optional[str] = None
+    kuberay_namespace: Optional[str] = None
 
     @property
     def progress_linger_seconds(self) -> float:
@@ -89,7 +96,8 @@ class OperatorConfig:
         return cls(**values)
 
 
-_NULLABLE = {"kubeconfig", "kube_context", "webhook_cert_dir", "peering", "peering_priority"}
+_NULLABLE = {"kubeconfig", "kube_context", "webhook_cert_dir", "peering", "peering_priority", "operator_namespace",
+             "kuberay_namespace"}
 
 class _EnvSettings(BaseSettings):
     """The environment variables, each a field under its own name (alias); None: not set."""
@@ -117,6 +125,9 @@ class _EnvSettings(BaseSettings):
     peering: Optional[str] = Field(default=None, alias="RLHF_PEERING")
     peering_priority: Optional[int] = Field(default=None, alias="RLHF_PEERING_PRIORITY")
     allow_secret_references: Optional[bool] = Field(default=None, alias="RLHF_ALLOW_SECRET_REFERENCES")
+    preflight_pods: Optional[bool] = Field(default=None, alias="RLHF_PREFLIGHT_PODS")
+    operator_namespace: Optional[str] = Field(default=None, alias="RLHF_OPERATOR_NAMESPACE")
+    kuberay_namespace: Optional[str] = Field(default=None, alias="RLHF_KUBERAY_NAMESPACE")
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -52,7 +52,8 @@ class OperatorContext(kopf.Memo):
         super().__init__(
             cfg=cfg,
             metrics=metrics or Metrics(),
-            options=RenderOptions(default_image=cfg.worker_image, progress_linger_seconds=cfg.progress_linger_seconds),
+            options=RenderOptions(default_image=cfg.worker_image, progress_linger_seconds=cfg.progress_linger_seconds,
+                                  operator_namespace=cfg.operator_namespace, kuberay_namespace=cfg.kuberay_namespace),
             active={},
         )
 

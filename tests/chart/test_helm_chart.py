@@ -98,6 +98,7 @@ WORKLOAD_RULES = {
     ("ray.io", "rayjobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("networking.k8s.io", "networkpolicies"): {"get", "create", "delete"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
+    ("", "pods"): {"get", "create", "delete"},  # the code-check pod only (no list or watch: launch reads it by name)
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
@@ -278,7 +279,12 @@ def test_rbac_has_no_wildcards_and_no_secrets(key):
             assert "*" not in (rule.get(field) or []), (kind, rule)
             assert not any("*" in v for v in rule.get(field) or []), (kind, rule)
         assert "nonResourceURLs" not in rule, rule
-        assert not {"secrets", "pods/exec", "pods", "serviceaccounts/token"} & set(rule.get("resources") or []), rule
+        # pods: the code-check pod only, which the operator renders itself (restricted, no token, no
+        # Secrets); never exec, attach or logs into pods.
+        assert not {"secrets", "pods/exec", "pods/attach", "pods/log", "serviceaccounts/token"} & \
+            set(rule.get("resources") or []), rule
+        if "pods" in (rule.get("resources") or []):
+            assert rule["resources"] == ["pods"] and set(rule["verbs"]) == {"get", "create", "delete"}, rule
         assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
 
 
@@ -845,3 +851,15 @@ def test_chart_does_not_hand_copy_anything_it_can_link():
     assert files == {"rlhf.dev_rlhfjobs.yaml", "argocd-health.lua"}
     assert all((CHART / "files" / f).is_symlink() for f in files)
     assert not (CHART / "crds").exists(), "the CRD is templated (upgradable); crds/ would install a second copy"
+
+
+@pytest.mark.parametrize("values, kuberay", [({}, None), ({"networkPolicy": {"kuberayNamespace": "ray-system"}}, "ray-system")])
+def test_operator_is_told_its_namespace_and_kuberays_for_job_network_policies(values, kuberay):
+    from rlhf_operator.config import OperatorConfig
+
+    deployment, = of_kind(objects_of(render_values(values)), "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["RLHF_OPERATOR_NAMESPACE"] == NAMESPACE
+    assert env.get("RLHF_KUBERAY_NAMESPACE") == kuberay
+    cfg = OperatorConfig.from_env({k: v for k, v in env.items() if k.startswith("RLHF_") and v is not None})
+    assert (cfg.operator_namespace, cfg.kuberay_namespace) == (NAMESPACE, kuberay)

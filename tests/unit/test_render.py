@@ -455,3 +455,15 @@ def test_network_policy_admits_only_the_jobs_pods_the_operator_and_kuberay():
 
 def test_no_network_policy_unless_asked():
     assert [o["kind"] for o in rendered(job())] == ["ConfigMap", "RayJob"]
+
+
+def test_network_policy_namespaces_come_from_the_operators_settings():
+    from rlhf_operator.config import OperatorConfig
+    from rlhf_operator.context import OperatorContext
+
+    cfg = OperatorConfig.from_env({"RLHF_OPERATOR_NAMESPACE": "rlhf-system", "RLHF_KUBERAY_NAMESPACE": "ray-system"})
+    options = OperatorContext(cfg).options
+    policy = rendered(job(cluster={"networkPolicy": True}), options=options)[1]
+    selectors = [rule["from"][0].get("namespaceSelector") for rule in policy["spec"]["ingress"][1:]]
+    assert selectors == [{"matchLabels": {"kubernetes.io/metadata.name": "rlhf-system"}},
+                         {"matchLabels": {"kubernetes.io/metadata.name": "ray-system"}}]
