@@ -379,9 +379,9 @@ class WeightSyncSpec(SpecModel):
               "process group of its own (NCCL on GPUs, gloo on CPUs); objectStore: through Ray's object store (fallback)."),
     ] = "collective"
     bucket_mb: Annotated[
-        int, Field(default=256, ge=1, le=65536, alias="bucketMB",
+        int, Field(default=64, ge=1, le=65536, alias="bucketMB",
                    description="Largest bucket of parameters gathered and broadcast at once, in MiB."),
-    ] = 256
+    ] = 64
 
 
 class TrainingSpec(SpecModel):

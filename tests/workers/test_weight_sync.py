@@ -97,17 +97,12 @@ def test_gloo_push_between_two_processes_reproduces_the_trainer_weights_bucket_b
 
 def test_a_loader_that_stops_early_is_an_error_not_a_hang(tmp_path):
     """The receiver drains every bucket (the sender's broadcasts must complete) and names what was skipped."""
-    from rlhf_workers.weight_sync import receive_into
+    from rlhf_workers.weight_sync import SyncGroup, receive_into
 
-    class LoopbackGroup:  # stands in for a group whose broadcasts have already arrived
-        device = torch.device("cpu")
-
-        def broadcast(self, tensor):
-            tensor.zero_()
-
+    group = SyncGroup("127.0.0.1", _free_port(), 0, 1, timeout_s=30)  # a world of one: its broadcasts complete at once
     layout = _layout((4,), (4,), (4,))
     with pytest.raises(RuntimeError, match="stopped before 2 weights"):
-        receive_into(lambda weights: next(iter(weights)), LoopbackGroup(), layout, 16)
+        receive_into(lambda weights: next(iter(weights)), group, layout, 16)
 
 
 # --------------------------------------------------------------------------- on Ray, DeepSpeed and vLLM

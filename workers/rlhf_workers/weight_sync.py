@@ -10,8 +10,9 @@ One interface, :class:`WeightSync` (``push() -> SyncReport``), chosen by placeme
   rank 0 and every engine worker (``tensorParallelSize`` of them per engine) form a
   ``torch.distributed`` process group of their own (:class:`SyncGroup`: its own TCP store and
   port, so DeepSpeed's default group is never touched; NCCL on GPUs, gloo on CPUs). Rank 0
-  broadcasts the parameters in buckets of at most ``bucketMB``; under ZeRO-3 all trainer ranks
-  gather one bucket at a time, so the full model never exists twice. vLLM workers receive
+  broadcasts the parameters bucket by bucket (at most ``bucketMB`` each); under ZeRO-3 all
+  trainer ranks gather one bucket at a time, so the full model never exists twice, and each
+  engine worker receives a bucket into one buffer while it loads the previous one. vLLM workers receive
   through :mod:`rlhf_workers.vllm_extension` (``worker_extension_cls``, driven with
   ``collective_rpc``); each tensor-parallel worker takes the full tensors and vLLM's own
   ``load_weights`` keeps its shard.
@@ -40,7 +41,7 @@ import ray
 import torch
 
 #: Bytes per bucket when the spec does not say (``training.weightSync.bucketMB``).
-DEFAULT_BUCKET_BYTES = 256 << 20
+DEFAULT_BUCKET_BYTES = 64 << 20
 #: Tensor offsets inside a bucket are multiples of this, so any dtype can be viewed in place.
 ALIGN = 64
 #: How long joining the group or one broadcast may take before it fails instead of hanging.
@@ -166,15 +167,17 @@ class SyncGroup:
             self.group = dist.ProcessGroupGloo(self.store, rank, world_size, timeout)
         self._tcp_store = store  # rank 0 serves the store: keep it alive as long as the group
 
-    def broadcast(self, tensor: torch.Tensor) -> None:
-        """Rank 0's ``tensor`` into every rank's ``tensor`` (same size and device kind everywhere)."""
+    def start_broadcast(self, tensor: torch.Tensor):
+        """Start sending rank 0's ``tensor`` into every rank's ``tensor``; ``.wait()`` on the result
+        before touching it (on GPUs the wait orders the current stream after the transfer)."""
         import torch.distributed as dist
 
         options = dist.BroadcastOptions()
         options.rootRank = 0
-        self.group.broadcast([tensor], options).wait()
-        if tensor.is_cuda:
-            torch.cuda.current_stream().synchronize()
+        return self.group.broadcast([tensor], options)
+
+    def broadcast(self, tensor: torch.Tensor) -> None:
+        self.start_broadcast(tensor).wait()
 
 
 @contextlib.contextmanager
@@ -193,28 +196,28 @@ def _gathered(params: list[torch.nn.Parameter]):
 def send_parameters(module: torch.nn.Module, bucket_bytes: int, group: Optional[SyncGroup]) -> int:
     """Trainer side of a push; every rank of the trainer world calls it, rank 0 with ``group``.
 
-    Under ZeRO-3 each bucket's parameters are gathered by all ranks together, copied into one
-    reused flat buffer on rank 0 and broadcast; then the gather is released. Returns the bytes sent.
+    Under ZeRO-3 each bucket's parameters are gathered by all ranks together and released once
+    rank 0 has sent them, so at most one bucket exists in full at a time. Rank 0 sends each
+    parameter straight from its storage (no packing copy); the receivers land them at their
+    offsets in one buffer per bucket. Returns the bytes sent.
     """
     params = dict(module.named_parameters())
     zero3 = any(hasattr(p, "ds_id") for p in params.values())
     if group is None and not zero3:
         return 0  # without ZeRO-3, ranks other than 0 have no part in the push
-    buckets = plan_buckets(module_layout(module), bucket_bytes)
-    buffer = None
-    if group is not None and buckets:
-        buffer = torch.empty(max(b.nbytes for b in buckets), dtype=torch.uint8, device=group.device)
     sent = 0
-    for bucket in buckets:
+    for bucket in plan_buckets(module_layout(module), bucket_bytes):
         members = [params[name] for name, _, _ in bucket.tensors]
         with _gathered(members):
             if group is None:
                 continue
-            for (name, shape, dtype), offset, param in zip(bucket.tensors, bucket.offsets, members):
-                flat = param.data.detach().contiguous().reshape(-1).view(torch.uint8)
-                buffer[offset:offset + flat.numel()].copy_(flat)
-            group.broadcast(buffer[:bucket.nbytes])
-            sent += bucket.nbytes
+            flats = [p.data.detach().contiguous().reshape(-1).view(torch.uint8) for p in members]
+            works = [group.start_broadcast(flat) for flat in flats]
+            for work in works:  # before the gather is released
+                work.wait()
+            sent += sum(flat.numel() for flat in flats)
+    if group is not None and group.device.type == "cuda":
+        torch.cuda.current_stream().synchronize()
     return sent
 
 
@@ -223,11 +226,23 @@ def receive_parameters(group: SyncGroup, layout: Sequence[TensorLayout], bucket_
     """Engine side: ``(name, tensor)`` pairs as the buckets arrive, for a ``load_weights`` to consume.
 
     Each bucket gets a fresh buffer and the yielded tensors are views into it, so a loader that
-    holds some tensors back (vLLM reloads layer by layer) keeps valid data.
+    holds some tensors back (vLLM reloads layer by layer) keeps valid data. The next bucket is
+    already arriving while the loader works on the current one.
     """
-    for bucket in plan_buckets(layout, bucket_bytes):
-        buffer = torch.empty(bucket.nbytes, dtype=torch.uint8, device=group.device)
-        group.broadcast(buffer)
+    buckets = plan_buckets(layout, bucket_bytes)
+
+    def start(k: int):
+        buffer = torch.empty(buckets[k].nbytes, dtype=torch.uint8, device=group.device)
+        works = [group.start_broadcast(buffer[offset:offset + tensor_bytes(entry)])
+                 for entry, offset in zip(buckets[k].tensors, buckets[k].offsets)]
+        return buffer, works
+
+    pending = start(0) if buckets else None
+    for k, bucket in enumerate(buckets):
+        buffer, works = pending
+        for work in works:
+            work.wait()
+        pending = start(k + 1) if k + 1 < len(buckets) else None
         for (name, shape, dtype), offset in zip(bucket.tensors, bucket.offsets):
             size = tensor_bytes((name, shape, dtype))
             yield name, buffer[offset:offset + size].view(getattr(torch, dtype)).view(shape)
