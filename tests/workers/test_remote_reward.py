@@ -54,6 +54,7 @@ def server():
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as real reward servers (uvicorn, gunicorn) speak
+        disable_nagle_algorithm = True  # as they do too: else each kept-alive reply waits for a delayed ACK
 
         def log_message(self, *args):  # keep test output clean
             pass
