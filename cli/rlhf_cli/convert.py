@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
 from .commandline import Command, CommandError, parse_command, split_command
-from .openrlhf_flags import BY_NAME, FLAGS, UNSET, Flag, flag_table_markdown
+from .openrlhf_flags import BEFORE_0_10, BY_NAME, DEFAULTS_BEFORE_0_10, FLAGS, UNSET, Flag, flag_table_markdown
 from .output import EXIT_INVALID, EXIT_UNREADABLE, FORMATS, formatted
 
 EXIT_INCOMPLETE = 3
@@ -153,10 +153,17 @@ class _Converter:
 
     def _table_rows(self) -> None:
         """Mapped rows (with OpenRLHF's defaults where ours differ), ignored and unsupported ones."""
+        old = [name for name, _ in self.command.flags if name in BEFORE_0_10]
+        defaults = DEFAULTS_BEFORE_0_10 if old else {}
+        if old:
+            self.out.notes.append(f"{old[0]} is a flag of OpenRLHF before 0.10: its defaults are used"
+                                  f" ({', '.join(f'{k} {v}' for k, v in defaults.items())})")
         for flag in FLAGS:
             given = flag.key in self.values
             if flag.status == "mapped" and given:
                 _put(self.spec, flag.field, self.values.get(flag.key))
+            elif flag.status == "mapped" and flag.field in defaults:
+                _put(self.spec, flag.field, defaults[flag.field])
             elif flag.status == "mapped" and flag.openrlhf_default is not UNSET:
                 _put(self.spec, flag.field, flag.openrlhf_default)
             elif flag.status == "ignored" and given:

@@ -3,8 +3,8 @@
 One row per flag, in both generations: the flat names of OpenRLHF up to 0.10.1
 (``--n_samples_per_prompt``) and the dotted names from 0.10.2 on
 (``--rollout.n_samples_per_prompt``). Names, value types and defaults were read from
-``openrlhf/cli/train_ppo_ray.py`` at v0.10.1 and at v0.10.2/0.11 (and from 0.9.x for flags
-that 0.10 dropped: ``--bf16``, ``--prompt_max_len``, ``--generate_max_len``); ``--max_steps``
+``openrlhf/cli/train_ppo_ray.py`` at v0.10.1 and at v0.10.2/0.11 (and from every release since
+0.7 for flags that 0.10 dropped: ``--bf16``, ``--prompt_max_len``, ``--generate_max_len``, ...); ``--max_steps``
 (agent) is the spelling of OpenRLHF's custom-reward guide. ``rlhf convert`` maps with this
 table and docs/convert.md prints it (``rlhf convert --table``), so the two cannot disagree.
 
@@ -121,11 +121,15 @@ FLAGS: tuple[Flag, ...] = (
     _u("--overlong_penalty_factor", "--reward.overlong_penalty_factor", "float", "reward shaping belongs in reward_func"),
     _u("--stop_properly_penalty_coef", "--reward.stop_properly_penalty_coef", "float", "reward shaping belongs in reward_func"),
     _u("--ptx_coef", None, "float", "no pretraining loss"),
+    _u("--pretrain_data", None, note="no pretraining loss"),
+    _u("--pretrain_data_probs", None, note="no pretraining loss"),
+    _u("--pretrain_split", None, note="no pretraining loss"),
     _u("--aux_loss_coef", "--actor.aux_loss_coef", "float"),
     _u("--freezing_actor_steps", "--critic.freezing_steps", "int"),
     _u("--enable_vllm_is_correction", "--algo.advantage.is_correction_enable", "bool"),
     _u("--vllm_is_truncated_threshold", "--algo.advantage.is_correction_threshold", "pair"),
     _u("--vllm_is_correction_type", "--algo.advantage.is_correction_type"),
+    _u("--use_icepop", None, "bool"),
     # ---- rollout
     _s("--vllm_num_engines", "--vllm.num_engines", "rollout.engines, cluster.rollout", "int"),
     _s("--vllm_tensor_parallel_size", "--vllm.tensor_parallel_size", "rollout.tensorParallelSize, cluster.rollout", "int"),
@@ -153,7 +157,8 @@ FLAGS: tuple[Flag, ...] = (
     _m("--num_episodes", "--train.num_episodes", "training.episodes", "int"),
     _m("--rollout_batch_size", "--rollout.batch_size", "training.rolloutBatchSize", "int"),
     _m("--train_batch_size", "--train.batch_size", "training.trainBatchSize", "int"),
-    _m("--micro_train_batch_size", "--train.micro_batch_size", "training.microBatchSize", "int", 1),
+    _m("--micro_train_batch_size", "--train.micro_batch_size", "training.microBatchSize", "int", 1,
+       "OpenRLHF before 0.10 defaulted to 4, which a command with one of its flags gets"),
     _m("--actor_learning_rate", "--actor.adam.lr", "training.learningRate", "float"),
     _m("--critic_learning_rate", "--critic.adam.lr", "training.criticLearningRate", "float"),
     _m("--l2", "--actor.adam.weight_decay", "training.weightDecay", "float"),
@@ -199,6 +204,7 @@ FLAGS: tuple[Flag, ...] = (
     _i("--use_liger_kernel", "--ds.use_liger_kernel", "bool", _PERF),
     _i("--overlap_comm", "--ds.overlap_comm", "bool", _PERF),
     _i("--deepcompile", "--ds.deepcompile", "bool", _PERF),
+    _i("--torch_compile", None, "bool", _PERF),
     _i("--zpg", "--ds.zpg", "int", _PERF),
     _i("--grad_accum_dtype", "--ds.grad_accum_dtype", note=_PERF),
     _i("--gradient_checkpointing_use_reentrant", "--actor.gradient_checkpointing_reentrant", "bool", _PERF),
@@ -254,6 +260,12 @@ FLAGS: tuple[Flag, ...] = (
 )
 
 BY_NAME: dict[str, Flag] = {name: flag for flag in FLAGS for name in flag.names()}
+
+# Flags that only OpenRLHF before 0.10 had: a command using one was written for those releases,
+# whose defaults differ from 0.10's where this table says so.
+BEFORE_0_10 = ("--prompt_max_len", "--generate_max_len", "--bf16", "--flash_attn", "--pretrain_data",
+               "--pretrain_data_probs", "--pretrain_split")
+DEFAULTS_BEFORE_0_10 = {"training.microBatchSize": 4}
 
 
 def arity(flag: Flag) -> int:

@@ -324,7 +324,8 @@ def flag_names(file: str) -> list[str]:
     return [line for line in (DATA / file).read_text().splitlines() if line.startswith("--")]
 
 
-@pytest.mark.parametrize("file", ["train_ppo_ray_v0.10.1.txt", "train_ppo_ray_v0.11.0.txt"])
+@pytest.mark.parametrize("file", ["train_ppo_ray_v0.7-v0.10.1.txt", "train_ppo_ray_v0.10.1.txt",
+                                  "train_ppo_ray_v0.11.0.txt"])
 def test_every_flag_of_both_openrlhf_generations_has_a_row(file):
     names = flag_names(file)
     assert len(names) > 130
@@ -389,3 +390,16 @@ def test_the_seed_commands_here_are_the_guides_own():
         pytest.skip("OpenRLHF's custom-reward guide is not beside this checkout")
     blocks = re.findall(r"```bash\n(.*?)```", guide.read_text(), re.S)
     assert sorted(b for b in blocks if "train_ppo_ray" in b) == sorted(SEED.values())
+
+
+def test_a_command_with_pre_0_10_flags_gets_that_releases_defaults(workdir, capsys, monkeypatch):
+    words = ["python3", "-m", "openrlhf.cli.train_ppo_ray", "--pretrain", "/m", "--prompt_data", "/p.jsonl",
+             "--remote_rm_url", "reward.py", "--actor_num_gpus_per_node", "2"]
+    code, out, _ = run(capsys, monkeypatch, "convert", "--", *words)
+    assert code == 0 and yaml.safe_load(out)["spec"]["training"]["microBatchSize"] == 1  # 0.10's default
+    code, out, err = run(capsys, monkeypatch, "convert", "--", *words, "--bf16", "--prompt_max_len", "512",
+                         "--generate_max_len", "256")
+    spec = yaml.safe_load(out)["spec"]
+    assert code == 0 and spec["training"]["microBatchSize"] == 4 and spec["training"]["bf16"] is True
+    assert (spec["rollout"]["promptMaxLen"], spec["rollout"]["maxNewTokens"]) == (512, 256)
+    assert "is a flag of OpenRLHF before 0.10" in err
