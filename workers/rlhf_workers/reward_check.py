@@ -15,8 +15,12 @@ Each JSONL line is an object holding:
   (default ``query``), which must then start with the prompt;
 * optionally a label under ``--label-key`` (no label key -> ``""``, like OpenRLHF).
 
-Exit codes: 0 - the contract holds; 1 - a contract violation or the function raised
-(the reason is printed); 2 - the reward file or the data could not be used.
+The reward runs as in training: in a sandboxed process (no network, read-only file system outside
+a scratch directory, rlimits; the first line of output says which walls hold here), bounded by
+``--timeout`` seconds to load and as many to score, so the check never waits without end.
+
+Exit codes: 0 - the contract holds; 1 - a contract violation, the function raised, ended its
+process or timed out (the reason is printed); 2 - the reward file or the data could not be used.
 
 Violations: the function raises; it does not return a dict with ``rewards``; ``rewards``
 or ``scores`` are not one finite number per query (wrong length, 2-D, non-numeric, NaN,
@@ -32,20 +36,12 @@ import json
 import os
 import sys
 import time
-import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, TextIO, Union
+from typing import Any, Optional, TextIO, Union
 
-from rlhf_workers.reward import (
-    RewardError,
-    RewardFunctionError,
-    RewardLoadError,
-    RewardResult,
-    call_reward_function,
-    load_reward_function,
-)
+from rlhf_workers.reward import RewardError, RewardResult, validate_reward_output
+from rlhf_workers.sandbox import Outcome, SandboxPool, SandboxStartError
 
 __all__ = ["run_reward_check", "add_arguments", "main", "load_samples", "Sample", "EXIT_OK", "EXIT_VIOLATION",
            "EXIT_USAGE"]
@@ -230,55 +226,52 @@ def _report(printer: _Printer, samples: list[Sample], result: RewardResult, show
 # --------------------------------------------------------------------------- entry points
 
 
-class _ExitCalled(BaseException):
-    """``os._exit`` called by the reward: raised instead, so the check can report it."""
-
-
-@contextmanager
-def _no_process_exit() -> Iterator[None]:
-    """While the reward runs, ``os._exit`` raises :class:`_ExitCalled` instead of ending the check with its code."""
-    import posix
-
-    saved = os._exit
-
-    def refuse(code: int = 0) -> None:
-        raise _ExitCalled(code)
-
-    os._exit = posix._exit = refuse
-    try:
-        yield
-    finally:
-        os._exit = posix._exit = saved
-
-
-def _ending(exc: BaseException) -> str:
-    """What the reward did that would have ended training, in words."""
-    if isinstance(exc, _ExitCalled):
-        what = f"called os._exit({exc.args[0] if exc.args else ''})"
-    elif isinstance(exc, SystemExit):
-        what = f"called sys.exit({'' if exc.code is None else repr(exc.code)}) (raised SystemExit)"
-    else:
+def _ending(error: dict) -> Optional[str]:
+    """What the reward did that would end its process, in words (None for an ordinary exception)."""
+    kind, message = error.get("type"), error.get("message", "")
+    if kind == "ProcessExitCalled":
+        what = message.split(":")[0]
+    elif kind == "SystemExit":
+        what = f"called sys.exit({message}) (raised SystemExit)"
+    elif kind == "KeyboardInterrupt":
         what = "raised KeyboardInterrupt"
-    return (f"{what}: a reward function must return rewards, never end the process; in training this kills "
-            "the reward worker and fails the job")
+    else:
+        return None
+    return (f"{what}: a reward function must return rewards, never end the process; in training every sample "
+            "of the call is a reward fault")
 
 
-def _call(printer: "_Printer", fn, samples: list[Sample], where: str) -> Optional[RewardResult]:
-    """The reward's result on ``samples``, or None after printing why it failed."""
+def _print_fault(printer: "_Printer", outcome: Outcome, n: int, timeout: float) -> None:
+    error = outcome.error or {}
+    if outcome.status == "timeout":
+        printer.line(f"FAIL: reward_func did not return within {timeout:g}s on {n} samples and was killed (in "
+                     "training: a timeout fault of every sample of the call); --timeout raises the limit",
+                     style="bold red")
+    elif outcome.status == "invalid":
+        printer.line(f"FAIL: reward_func {error.get('message', 'returned a value that cannot be read')}",
+                     style="bold red")
+    elif _ending(error):
+        printer.line(f"FAIL: reward_func {_ending(error)}", style="bold red")
+    elif error.get("type") in ("SandboxDied", "SandboxStartError"):
+        printer.line(f"FAIL: {error.get('message')}", style="bold red")
+    else:
+        printer.line(f"FAIL: reward_func raised {error.get('type')}: {error.get('message')} (batch of {n} samples)",
+                     style="bold red")
+    if error.get("traceback"):
+        printer.line(error["traceback"].rstrip())
+    if outcome.output.strip():
+        printer.line("its output (last lines):\n" + outcome.output.rstrip()[-2000:])
+
+
+def _call(printer: "_Printer", pool: SandboxPool, samples: list[Sample], where: str) -> Optional[RewardResult]:
+    """The reward's result on ``samples`` (one sandboxed call), or None after printing why it failed."""
+    queries, prompts = [s.query for s in samples], [s.prompt for s in samples]
+    (outcome,) = pool.map([(queries, prompts, [s.label for s in samples])])
+    if not outcome.ok:
+        _print_fault(printer, outcome, len(samples), pool.timeout)
+        return None
     try:
-        with _no_process_exit():
-            return call_reward_function(fn, [s.query for s in samples], [s.prompt for s in samples],
-                                        [s.label for s in samples], source=where)
-    except (_ExitCalled, SystemExit, KeyboardInterrupt) as exc:
-        printer.line(f"FAIL: reward_func {_ending(exc)}", style="bold red")
-        frames = traceback.extract_tb(exc.__traceback__)
-        user = [f for f in frames if os.path.abspath(f.filename) == os.path.abspath(where)]
-        if user:
-            printer.line("".join(traceback.format_list(user[-3:])).rstrip())
-    except RewardFunctionError as exc:
-        printer.line(f"FAIL: reward_func raised {exc.exc_type}: {exc.exc_message} "
-                     f"(batch of {exc.batch_size} samples)", style="bold red")
-        printer.line(exc.user_traceback.rstrip())
+        return validate_reward_output(outcome.value, len(samples), prompts, source=where)
     except RewardError as exc:
         printer.line(f"FAIL: {exc.message}", style="bold red")
         if exc.sample_index is not None and 0 <= exc.sample_index < len(samples):
@@ -299,6 +292,7 @@ def run_reward_check(
     out: Optional[TextIO] = None,
     max_samples: Optional[int] = None,
     use_rich: Optional[bool] = None,
+    timeout: float = 60.0,
 ) -> int:
     """Run ``file``'s ``reward_func`` on the samples in ``data_path`` and check the contract.
 
@@ -312,6 +306,8 @@ def run_reward_check(
         out: where to print (default ``sys.stdout``).
         max_samples: use only the first N samples.
         use_rich: force (True) or disable (False) rich output; default: rich if installed.
+        timeout: seconds the reward may take to load, and to score the samples; past them it is
+            killed and the check fails (it never waits without end).
 
     Returns:
         :data:`EXIT_OK` (0), :data:`EXIT_VIOLATION` (1) or :data:`EXIT_USAGE` (2).
@@ -328,16 +324,23 @@ def run_reward_check(
     if not Path(where).is_file():
         printer.line(f"ERROR: reward file {where} does not exist", style="bold red")
         return EXIT_USAGE
+    pool = SandboxPool({"kind": "reward_func", "path": where}, size=1, timeout=timeout, start_timeout=timeout)
     try:
-        with _no_process_exit():
-            fn = load_reward_function(where)
-    except RewardLoadError as exc:
+        report = pool.start()
+    except SandboxStartError as exc:
         printer.line(f"FAIL: {exc}", style="bold red")
         return EXIT_VIOLATION
-    except (_ExitCalled, SystemExit, KeyboardInterrupt) as exc:
-        printer.line(f"FAIL: loading {where} {_ending(exc)}", style="bold red")
-        return EXIT_VIOLATION
+    try:
+        return _check(printer, pool, samples, where, report, label_key=label_key, input_key=input_key,
+                      response_key=response_key, query_key=query_key)
+    finally:
+        pool.close()
 
+
+def _check(printer: "_Printer", pool: SandboxPool, samples: list[Sample], where: str, report: dict, *,
+           label_key, input_key, response_key, query_key) -> int:
+    """The check proper, once the reward has loaded in its sandbox."""
+    printer.line(f"sandbox: network {report.get('network', '?')}; file system {report.get('filesystem', '?')}")
     if label_key is None:
         used = {input_key, response_key, query_key, *DEFAULT_INPUT_KEYS, *DEFAULT_RESPONSE_KEYS, DEFAULT_QUERY_KEY}
         others = [k for k in samples[0].fields if k not in used]
@@ -345,7 +348,7 @@ def run_reward_check(
             printer.line(f"note: no --label-key given, so labels are \"\" (as OpenRLHF without --label_key); "
                          f"other fields in the data: {', '.join(others)}")
     started = time.perf_counter()
-    result = _call(printer, fn, samples, where)
+    result = _call(printer, pool, samples, where)
     if result is None:
         return EXIT_VIOLATION
     elapsed = time.perf_counter() - started
@@ -390,6 +393,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                                           "field (default: query)")
     parser.add_argument("--max-samples", type=int, default=None, help="use only the first N samples")
     parser.add_argument("--plain", action="store_true", help="plain text output (no rich)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds the reward may take (default 60)")
     return parser
 
 
@@ -406,6 +410,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         query_key=args.query_key,
         max_samples=args.max_samples,
         use_rich=False if args.plain else None,
+        timeout=args.timeout,
     )
 
 

@@ -26,7 +26,25 @@ from .limits import Limits, apply_rlimits, set_call_cpu_limit
 from .netns import NamespaceError, isolate
 from .values import NotPlain, to_plain
 
-__all__ = ["contain", "main"]
+__all__ = ["contain", "main", "ProcessExitCalled"]
+
+
+class ProcessExitCalled(BaseException):
+    """The user's code called ``os._exit`` in the serving process: reported as a fault, the worker lives on."""
+
+
+def refuse_process_exit() -> None:
+    """Make ``os._exit`` in this process raise :class:`ProcessExitCalled` (processes it forks exit normally)."""
+    import posix
+
+    real, serving = os._exit, os.getpid()
+
+    def refuse(code: int = 0) -> None:
+        if os.getpid() != serving:
+            real(code)
+        raise ProcessExitCalled(f"called os._exit({code}): a reward must return rewards, never end its process")
+
+    os._exit = posix._exit = refuse
 
 
 def contain(config: dict) -> dict:
@@ -109,6 +127,7 @@ def main(argv: list[str]) -> int:
     for fd in (request_fd, reply_fd):  # what the user's code starts does not get the pipes
         os.set_inheritable(fd, False)
     target = config["target"]
+    refuse_process_exit()
     try:
         fn = load_target(target)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises RewardLoadError
