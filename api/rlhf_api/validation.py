@@ -206,7 +206,19 @@ def parse_job(document: Any) -> RLHFJob:
     try:
         return RLHFJob.model_validate_json(_as_json(document), strict=True)
     except ValidationError as exc:
-        raise InvalidJob(field_errors(exc)) from None
+        raise InvalidJob([_misspelt_section(e, document) for e in field_errors(exc)]) from None
+
+
+def _misspelt_section(error: FieldError, document: dict) -> FieldError:
+    """A missing metadata or spec next to a top-level key that looks like it: name that key (the
+    object itself ignores unknown top-level keys, so nothing else would point at the typo)."""
+    if error.path not in ("metadata", "spec") or error.message != "required field is missing":
+        return error
+    strays = [str(k) for k in document if k not in ("apiVersion", "kind", "metadata", "spec", "status")]
+    typo = next((k for k in strays if _closest(k, [error.path])), None)
+    if typo is None:
+        return error
+    return FieldError(typo, f"unknown field; check its spelling: did you mean {error.path}?")
 
 
 def _as_json(document: Any) -> str:

@@ -159,3 +159,18 @@ def test_unreadable_files_of_every_command_exit_1_and_a_malformed_option_2(tmp_p
     assert code == 1 and "nope.py: cannot read" in err
     code, out, err = run_cli(capsys, "render", job_file, "--configmap", "just-a-name")
     assert (code, out) == (2, "") and err.strip() == f"{job_file}: --configmap expects NAME=FILE (got 'just-a-name')"
+
+
+def test_a_misspelt_spec_or_metadata_key_is_named_where_it_is(tmp_path, capsys):
+    document = job()
+    document["sepc"] = document.pop("spec")
+    document["metdata"] = document.pop("metadata")
+    path = write(tmp_path, document)
+    code, _, err = run_cli(capsys, "validate", path)
+    lines = err.strip().splitlines()
+    assert code == 2
+    text = path.read_text().splitlines()
+    for typo, meant in (("metdata", "metadata"), ("sepc", "spec")):
+        line = text.index(f"{typo}:") + 1
+        assert f"{path}:{line}: {typo}: unknown field; check its spelling: did you mean {meant}?" in lines
+    assert not any("required field is missing" in line for line in lines)
