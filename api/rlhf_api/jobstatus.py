@@ -20,7 +20,9 @@ FAILED = "Failed"
 STALLED = "Stalled"
 DEGRADED = "Degraded"  # True while the API server keeps failing the operator's calls (retrying)
 REWARD_FAULTS = "RewardFaults"  # True once the driver stopped on too many reward faults (also the Failed reason)
-CODE_CHECKED = "CodeChecked"  # the preflight pod's verdict on the reward/agent code (before any RayJob)
+# The preflight pod's verdict on the reward/agent code, before any RayJob: True (also the Failed
+# reason) when the code failed, False once it passed, Unknown while the check runs.
+REWARD_CHECK_FAILED = "RewardCheckFailed"
 
 # The operator's own reasons; the others are KubeRay's, taken from the RayJob.
 VALIDATION_FAILED = "ValidationFailed"
@@ -38,10 +40,9 @@ CHILD_REFUSED = "ChildRefused"
 # The API server's answers were transient (outage, overload, conflict) past a bound; and then not.
 TRANSIENT_API_ERRORS = "TransientAPIErrors"
 API_RECOVERED = "APIRecovered"
-# The reward/agent code, run once in the CPU-only preflight pod before the RayJob.
+# The reward/agent code, run once in the CPU-only preflight pod before the RayJob (REWARD_CHECK_FAILED above).
 CHECKING_CODE = "CheckingCode"
 CODE_CHECK_PASSED = "CodeCheckPassed"
-REWARD_CHECK_FAILED = "RewardCheckFailed"
 
 # metav1.Condition's own validation (k8s.io/apimachinery/pkg/apis/meta/v1/types.go), which the
 # CRD repeats so that the API server refuses what Kubernetes' own condition type would.
@@ -76,8 +77,8 @@ class Condition(SpecModel):
     model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True)
 
     type: str = Field(max_length=CONDITION_TYPE_MAX, pattern=CONDITION_TYPE_PATTERN,
-                      description="Validated, CodeChecked, Running, Suspended, Succeeded, Failed, Stalled,"
-                                  " Degraded or RewardFaults.")
+                      description="Validated, RewardCheckFailed, Running, Suspended, Succeeded, Failed,"
+                                  " Stalled, Degraded or RewardFaults.")
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(min_length=1, max_length=CONDITION_REASON_MAX, pattern=CONDITION_REASON_PATTERN,
                         description="One CamelCase word a program can match on.")

@@ -14,6 +14,9 @@ MANAGER = "rlhf-operator"  # app.kubernetes.io/managed-by and part-of, and the E
 MANAGED_BY = {"app.kubernetes.io/managed-by": MANAGER}
 JOB_LABEL = "rlhf.dev/job-name"
 CODE_HASH_ANNOTATION = "rlhf.dev/code-hash"
+# On an RLHFJob: "true" makes the driver (or `rlhf run`) write a tiny random model at model.path when
+# nothing is there yet: the quickstart and the smoke job run without downloading a model.
+TINY_MODEL_ANNOTATION = "rlhf.dev/create-tiny-model"
 KUEUE_LABELS = ("kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class")
 KUEUE_QUEUE_LABEL = KUEUE_LABELS[0]
 

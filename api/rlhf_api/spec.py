@@ -469,7 +469,8 @@ class LoggingSpec(SpecModel):
 # --------------------------------------------------------------------------- the job
 
 
-IMMUTABLE_FIELDS = ("model", "data", "reward", "agent", "algorithm", "rollout", "training", "checkpoint", "logging", "cluster")
+IMMUTABLE_FIELDS = ("model", "data", "reward", "agent", "algorithm", "rollout", "training", "checkpoint", "logging", "cluster",
+                    "preflight")
 MUTABLE_FIELDS = ("suspend", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
 
 
@@ -512,6 +513,9 @@ class RLHFJobSpec(SpecModel):
     ttl_seconds_after_finished: Annotated[
         Optional[int], Field(default=None, ge=0, description="Keep the finished Ray cluster this long before deleting it."),
     ] = None
+    preflight: Annotated[bool, Field(default=True, description="Before the RayJob, run the reward/agent code once on a"
+                                     " few rows of the data in a short CPU-only pod (`rlhf run`: before Ray starts); a"
+                                     " failure ends the job as RewardCheckFailed before any GPU is taken. false skips it.")] = True
 
     @model_validator(mode="before")
     @classmethod

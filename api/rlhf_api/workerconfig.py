@@ -31,6 +31,8 @@ class WorkerConfig(SpecModel):
     reward_code_path: Optional[str] = Field(default=None, description="File defining reward_func, when reward.function is used.")
     agent_code_path: Optional[str] = Field(default=None, description="File defining the agent, when spec.agent is used.")
     code_hash: Optional[str] = None
+    create_tiny_model: bool = Field(default=False, description="Write a tiny random model at spec.model.path first if "
+                                    "none is there (the job's rlhf.dev/create-tiny-model annotation).")
     output_dir: str = Field(description="Metrics, checkpoints and the final model go here.")
     progress_port: int = PROGRESS_PORT
     progress_linger_seconds: float = Field(

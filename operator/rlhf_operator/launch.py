@@ -27,6 +27,8 @@ from rlhf_api.validation import FieldError, InvalidJob, parse_job, parse_spec
 from rlhf_api.workerconfig import REWARD_FILE
 
 from . import status as st
+from . import codecheck
+from .codecheck import CodeCheckFailed, check_before_rayjob
 from .config import OperatorConfig
 from .context import OperatorContext
 from .kube import Kube, NotOwned, Refused, answer_of, is_transient
@@ -259,14 +261,15 @@ def launch(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Pa
     try:
         job = parse_job({"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
                          "metadata": {"name": name, "namespace": namespace, "uid": uid,
-                                      "labels": dict(meta.get("labels") or {}), "generation": generation},
+                                      "labels": dict(meta.get("labels") or {}), "generation": generation,
+                                      "annotations": dict(meta.get("annotations") or {})},
                          "spec": dict(body.get("spec") or {})})
         refused = _secrets_not_allowed(memo, job)
         if refused:
             _fail(memo, body, SECRETS_NOT_ALLOWED, refused)
             raise kopf.PermanentError(refused)
         sources = _read_code(memo.kube, job, current)
-        _check_code(sources, job)
+        doubtful = _check_code(sources, job)
     except InvalidJob as exc:
         _fail(memo, body, st.VALIDATION_FAILED, "; ".join(str(e) for e in exc.errors))
         raise kopf.PermanentError(f"invalid RLHFJob: {exc}")
@@ -288,9 +291,15 @@ def launch(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Pa
     owned: list[dict[str, Any]] = []  # created or adopted by this attempt
     try:
         for obj in objects:
+            if obj is objects[-1]:  # the RayJob: only once the code passed its check in a CPU-only pod
+                digest = (objects[0]["metadata"].get("annotations") or {}).get(CODE_HASH_ANNOTATION)
+                current = check_before_rayjob(memo, body, job, objects[0], digest, current) or current
             if memo.kube.create_or_adopt(obj, uid):
                 created.append(f"{obj['kind']} {obj['metadata']['name']}")
             owned.append(obj)
+    except CodeCheckFailed as exc:
+        _remove(memo, owned, namespace, name)
+        raise kopf.PermanentError(codecheck.fail(memo, body, str(exc))) from None
     except NotOwned as exc:
         _remove(memo, owned, namespace, name)
         _fail(memo, body, st.CHILD_CONFLICT, str(exc))
@@ -317,6 +326,8 @@ def launch(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Pa
         post(memo, body, [("Normal", st.RAYJOB_CREATED, f"created {', '.join(created)}")]
              + [("Warning", w.reason, str(w)) for w in job_warnings(job.spec)])
         logger.info("created %s", ", ".join(created))
+        if doubtful:  # imports a custom cluster.image must provide (rlhf_api.imports)
+            post(memo, body, [("Warning", "UnresolvedImports", line) for line in doubtful])
 
 
 @retry_api_outages

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional
 
 from rlhf_api.cluster import GroupSpec
 from rlhf_api.names import (API_VERSION, CODE_HASH_ANNOTATION, ENV_CONFIG, ENV_JOB_NAME, ENV_REWARD_TOKEN, ENV_WANDB_KEY,
-                             JOB_LABEL, KIND, KUEUE_LABELS, KUEUE_QUEUE_LABEL, MANAGER, SCRATCH_DIRS)
+                             JOB_LABEL, KIND, KUEUE_LABELS, KUEUE_QUEUE_LABEL, MANAGER, TINY_MODEL_ANNOTATION, SCRATCH_DIRS)
 from rlhf_api.progress import PROGRESS_PORT, PROGRESS_PORT_NAME
 from rlhf_api.spec import AgentSpec, FunctionReward, RLHFJob, RLHFJobSpec
 from rlhf_api.workerconfig import AGENT_FILE, CODE_DIR, CONFIG_DIR, CONFIG_FILE, REWARD_FILE, WorkerConfig
@@ -178,6 +178,7 @@ def worker_config(job: RLHFJob, files: Mapping[str, str], digest: Optional[str],
         reward_code_path=reward_path,
         agent_code_path=agent_path,
         code_hash=digest if files else None,
+        create_tiny_model=job.metadata.annotations.get(TINY_MODEL_ANNOTATION, "").lower() == "true",
         output_dir=spec.checkpoint.path,
         progress_port=PROGRESS_PORT,
         progress_linger_seconds=options.progress_linger_seconds,

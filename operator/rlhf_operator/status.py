@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from rlhf_api.jobstatus import (API_RECOVERED, CHILD_CONFLICT, CHILD_FORBIDDEN, CHILD_INVALID,  # noqa: F401
+from rlhf_api.jobstatus import (API_RECOVERED, CHECKING_CODE, CHILD_CONFLICT, CHILD_FORBIDDEN,  # noqa: F401
+                                CHILD_INVALID, CODE_CHECK_PASSED, REWARD_CHECK_FAILED,
                                 CHILD_REFUSED, CHILD_TOO_LARGE, CODE_NOT_FOUND, CONDITION_MESSAGE_MAX,
                                 CONDITION_REASON_MAX, CONDITION_REASON_PATTERN, DEGRADED, FAILED,
                                 KUBERAY_NOT_INSTALLED, RAYJOB_CREATED, RAYJOB_MISSING, REWARD_FAULTS, RUNNING,
@@ -35,7 +36,7 @@ from rlhf_api.jobstatus import (API_RECOVERED, CHILD_CONFLICT, CHILD_FORBIDDEN, 
 from rlhf_api.names import KUEUE_QUEUE_LABEL
 
 # Reasons a job has before its RayJob exists, which launch replaces once it creates one.
-PRE_LAUNCH_REASONS = (CODE_NOT_FOUND, TRANSIENT_API_ERRORS)
+PRE_LAUNCH_REASONS = (CODE_NOT_FOUND, TRANSIENT_API_ERRORS, CHECKING_CODE)
 
 
 def now_rfc3339() -> str:
@@ -319,6 +320,48 @@ def reward_faults_verdict(verdict: Verdict, current: dict[str, Any]) -> Verdict:
     if verdict.phase != Phase.Failed.value or faults is None or faults.get("status") != "True":
         return verdict
     return Verdict(Phase.Failed.value, REWARD_FAULTS, faults.get("message") or verdict.message)
+
+
+# --------------------------------------------------------------------------- the code check before the RayJob
+
+
+def code_check_passed(current: dict[str, Any]) -> bool:
+    """Whether the job's code passed its check already (a relaunch does not run it again)."""
+    check = get_condition(list(current.get("conditions") or []), REWARD_CHECK_FAILED)
+    return check is not None and check.get("status") == "False"
+
+
+def checking_code(current: dict[str, Any], pod: str, detail: str, generation: Optional[int],
+                  now: Optional[str] = None) -> Optional[dict[str, Any]]:
+    """Pending/CheckingCode while the check pod runs (RewardCheckFailed=Unknown); None when the
+    status says so already or the job has moved on."""
+    if current.get("phase") not in (None, Phase.Pending.value) or current.get("rayJobName"):
+        return None
+    message = f"checking the reward/agent code in pod {pod} (CPU only) before creating the RayJob: {detail}"
+    conditions = set_condition(list(current.get("conditions") or []), REWARD_CHECK_FAILED, "Unknown", CHECKING_CODE,
+                               message, generation, now)
+    fields = {"phase": Phase.Pending.value, "reason": CHECKING_CODE, "message": message, "conditions": conditions}
+    return {k: v for k, v in fields.items() if current.get(k) != v} or None
+
+
+def code_check_passed_status(current: dict[str, Any], message: str, generation: Optional[int],
+                             now: Optional[str] = None) -> dict[str, Any]:
+    """RewardCheckFailed=False, with what the check says, once the code passed."""
+    return {"conditions": set_condition(list(current.get("conditions") or []), REWARD_CHECK_FAILED, False,
+                                        CODE_CHECK_PASSED, message, generation, now)}
+
+
+def code_check_failed_status(current: dict[str, Any], error: str, generation: Optional[int],
+                             now: Optional[str] = None) -> dict[str, Any]:
+    """Failed/RewardCheckFailed: the code failed its check, quoted; no RayJob was created."""
+    now = now or now_rfc3339()
+    message = (f"the reward/agent code failed its check before any GPU was taken, so no RayJob was created: {error};"
+               " fix the code and re-create the RLHFJob (spec.preflight: false skips the check)")
+    verdict = Verdict(Phase.Failed.value, REWARD_CHECK_FAILED, message)
+    conditions = set_condition(list(current.get("conditions") or []), REWARD_CHECK_FAILED, True, REWARD_CHECK_FAILED,
+                               message, generation, now)
+    return {"phase": verdict.phase, "reason": verdict.reason, "message": message, "completionTime": now,
+            "conditions": phase_conditions(conditions, verdict, generation, now), "observedGeneration": generation}
 
 
 # --------------------------------------------------------------------------- API refusals and outages

@@ -14,7 +14,9 @@ from support.operator_env import NS, RAYJOBS, Operator, ProgressServer, kuberay,
 def config(kube):
     kube.create_namespace(NS)
     return OperatorConfig(kubeconfig=kube.kubeconfig_path, health_port=None, progress_interval=0.3,
-                          stall_seconds=3600, code_retry_seconds=0.3, worker_image="example/workers:test")
+                          stall_seconds=3600, code_retry_seconds=0.3, worker_image="example/workers:test",
+                          # The emulator runs no pods: tests of the code-check pod turn it on and play the kubelet.
+                          preflight_pods=False)
 
 
 @pytest.fixture

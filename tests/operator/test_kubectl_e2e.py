@@ -23,6 +23,7 @@ def main_module_env(kube, monkeypatch):
     monkeypatch.setenv("RLHF_WORKER_IMAGE", "example/workers:e2e")
     # No webhook here, and the examples name Secrets (W&B key, reward token): allowed explicitly.
     monkeypatch.setenv("RLHF_ALLOW_SECRET_REFERENCES", "true")
+    monkeypatch.setenv("RLHF_PREFLIGHT_PODS", "false")  # the emulator runs no pods (test_codecheck plays the kubelet)
     import kopf
 
     # A clean default registry for `-m rlhf_operator.main`, with the login a real deployment uses.

@@ -132,3 +132,24 @@ def test_the_result_fits_a_termination_message(tmp_path, size):
     raising = f"def reward_func(queries, prompts, labels):\n    raise RuntimeError('x' * {size})\n"
     _, verdict, _ = run(tmp_path, raising)
     assert len(json.dumps(verdict).encode()) <= 4096
+
+
+def test_rlhf_run_checks_the_code_before_starting_ray(tmp_path):
+    import yaml
+
+    (tmp_path / "reward_func.py").write_text(RAISES_ON_A_ROW)
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    job = {"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFJob", "metadata": {"name": "demo"},
+           "spec": {"model": {"path": "org/not-downloaded"},  # a hub id: never fetched, the check fails first
+                    "data": {"prompts": "prompts.jsonl", "inputKey": "question", "labelKey": "answer"},
+                    "reward": {"function": {"path": "reward_func.py"}}}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "rlhf_cli.cli", "run", str(tmp_path / "job.yaml"), "--output",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "failed its check before Ray was started" in done.stderr
+    assert "ValueError: cannot grade 6" in done.stderr and "reward_func.py, line 6" in done.stderr
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
+    assert time.monotonic() - started < 120

@@ -51,6 +51,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log = logging.getLogger("rlhf_workers")
     for key, value in {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}.items():
         os.environ.setdefault(key, value)
+    if config.create_tiny_model:  # the smoke job: no model to download, one made here (before any actor loads it)
+        from .tiny import ensure_tiny_model
+
+        if ensure_tiny_model(config.spec.model.path):
+            log.info("wrote a tiny random-init model to %s (rlhf.dev/create-tiny-model)", config.spec.model.path)
 
     import ray
 

@@ -67,6 +67,37 @@ def _deadline(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+class _ExitCalled(BaseException):
+    """``os._exit`` called by the user's code: raised instead, so that the check can report it."""
+
+
+@contextmanager
+def _no_process_exit() -> Iterator[None]:
+    import posix
+
+    saved = os._exit
+
+    def refuse(code: int = 0) -> None:
+        raise _ExitCalled(code)
+
+    os._exit = posix._exit = refuse
+    try:
+        yield
+    finally:
+        os._exit = posix._exit = saved
+
+
+def _ending(exc: BaseException) -> str:
+    """What the code did that would have ended training, in words."""
+    if isinstance(exc, _ExitCalled):
+        what = f"called os._exit({exc.args[0] if exc.args else ''})"
+    elif isinstance(exc, SystemExit):
+        what = f"called sys.exit({'' if exc.code is None else repr(exc.code)})"
+    else:
+        what = "raised KeyboardInterrupt"
+    return f"{what}: reward code must return rewards, never end the process (in training this kills the reward worker)"
+
+
 def _user_line(exc: BaseException, path: str) -> str:
     """`` at FILE, line N, in FUNC: CODE`` for the deepest frame in the user's file, or ""."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.abspath(f.filename) == os.path.abspath(path)]
@@ -103,7 +134,6 @@ def _answer(label: Any) -> str:
 def check_reward(path: str, rows: list[tuple[str, Any]], timeout: float) -> CheckOutcome:
     """Import ``path`` and call its reward_func once on ``rows``; the contract checked."""
     from .reward import RewardError, RewardFunctionError, call_reward_function, load_reward_function
-    from .reward_check import _ending, _ExitCalled, _no_process_exit
 
     prompts = [p for p, _ in rows]
     queries = [p + _answer(label) for p, label in rows]

@@ -27,8 +27,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-
-TINY_MODEL_ANNOTATION = "rlhf.dev/create-tiny-model"
+from rlhf_api.names import TINY_MODEL_ANNOTATION
 
 logger = logging.getLogger(__name__)
 
@@ -268,6 +267,30 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie is dead, waiting for its parent
 
 
+def check_code_first(config) -> int:
+    """The operator's code check, before Ray starts: ``python -m rlhf_workers --check-code`` in a
+    subprocess (the user's code never runs in this process) on a few rows of the job's data.
+    0 when it passed; else 2 (the job cannot run) after saying why."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="rlhf-check-") as scratch:
+        config_file, result_file = Path(scratch) / "worker.json", Path(scratch) / "result.json"
+        config_file.write_text(config.to_json())
+        done = subprocess.run([sys.executable, "-m", "rlhf_workers", "--check-code", "--config", str(config_file),
+                               "--result-file", str(result_file)], capture_output=True, text=True)
+        try:
+            outcome = json.loads(result_file.read_text())
+        except (OSError, ValueError):
+            outcome = {"ok": False, "message": (done.stderr or done.stdout).strip()[-2000:] or f"exit {done.returncode}"}
+    if done.returncode == 0 and outcome.get("ok"):
+        return 0
+    _err(f"the reward/agent code failed its check before Ray was started: {outcome.get('message')}; fix the code"
+         " (spec.preflight: false skips this check)")
+    return 2
+
+
 def run_local(job_path: str, output_dir: str, *, configmap_files: Optional[dict[str, str]] = None,
               max_steps: Optional[int] = None, quiet: bool = False) -> int:
     """Run ``job_path`` locally; returns the exit code (0 done, 1 failed while running, 2 unusable job,
@@ -293,6 +316,10 @@ def run_local(job_path: str, output_dir: str, *, configmap_files: Optional[dict[
     except (ValueError, OSError) as exc:
         _err(str(exc))
         return 2
+    if getattr(config.spec, "preflight", True) and (config.reward_code_path or config.agent_code_path):
+        failed = check_code_first(config)
+        if failed:
+            return failed
 
     import ray
 

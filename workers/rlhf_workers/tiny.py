@@ -123,6 +123,14 @@ def make_tiny_model(
     return directory
 
 
+def ensure_tiny_model(directory: str | Path) -> bool:
+    """Write the tiny model to ``directory`` unless a model is there already; whether one was written."""
+    if is_model_dir(directory):
+        return False
+    make_tiny_model(directory)
+    return True
+
+
 def is_model_dir(directory: str | Path) -> bool:
     """Whether ``directory`` already holds a Hugging Face model (config and weights)."""
     d = Path(directory)

@@ -142,6 +142,10 @@ Secrets (workers get them through secretKeyRef in their pod specs).
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# A job's code-check pod (spec.preflight), before its RayJob: created, read for its verdict, deleted.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "create", "delete"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
