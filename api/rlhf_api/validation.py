@@ -204,7 +204,7 @@ def parse_job(document: Any) -> RLHFJob:
     if errors:
         raise InvalidJob(errors)
     try:
-        return RLHFJob.model_validate_json(_as_json(document), strict=True)
+        return RLHFJob.model_validate_json(_as_json(document), strict=True, by_name=False)
     except ValidationError as exc:
         raise InvalidJob([_misspelt_section(e, document) for e in field_errors(exc)]) from None
 
@@ -224,13 +224,15 @@ def _misspelt_section(error: FieldError, document: dict) -> FieldError:
 def _as_json(document: Any) -> str:
     # Strict JSON-mode validation types fields the way the API server does: "4" is not an
     # integer and "yes" is not a boolean, so `rlhf validate` accepts what the CRD accepts.
+    # by_name=False does the same for names: the CRD knows nSamplesPerPrompt, not the Python
+    # n_samples_per_prompt, which the API server would drop or refuse.
     return json.dumps(document, default=str)
 
 
 def parse_spec(spec: Any) -> RLHFJobSpec:
     """Validate the spec part alone (the operator receives spec and metadata separately)."""
     try:
-        return RLHFJobSpec.model_validate_json(_as_json(spec), strict=True)
+        return RLHFJobSpec.model_validate_json(_as_json(spec), strict=True, by_name=False)
     except ValidationError as exc:
         raise InvalidJob(field_errors(exc, ("spec",))) from None
 

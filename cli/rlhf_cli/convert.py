@@ -265,10 +265,20 @@ class _Converter:
         if "actor_num_gpus_per_node" not in v and c.launcher_gpus is None:
             self.out.notes.append("no --actor_num_gpus_per_node: OpenRLHF's default of 8 GPUs per node is used"
                                   f" (training.trainers: {nodes * per_node})")
-        colocated = v.get("colocate_all_models")
+        colocated = v.get("colocate_all_models") and not v.get("async_train")
+        if v.get("colocate_all_models") and v.get("async_train"):
+            self.ignore("colocate_all_models", "with --async_train OpenRLHF colocates only the DeepSpeed models;"
+                                               " generation runs apart, as in the job")
         if colocated:
             _put(self.spec, "cluster.placement", "colocated")
         engines, tp = v.get("vllm_num_engines"), v.get("vllm_tensor_parallel_size", 1)
+        if not engines and v.get("async_train"):
+            _put(self.spec, "rollout.backend", "transformers")
+            self.out.notes.append("no vLLM engines (--vllm_num_engines absent or 0) but --async_train: generation"
+                                  " cannot share the trainers' processes, so the job runs one transformers engine"
+                                  " on a GPU of its own; add --vllm_num_engines N for vLLM")
+            _put(self.spec, "cluster.rollout", {"replicas": 1, "gpus": 1})
+            return
         if not engines:
             _put(self.spec, "rollout.backend", "transformers")
             _put(self.spec, "cluster.placement", "colocated")

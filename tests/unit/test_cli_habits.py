@@ -80,6 +80,7 @@ def test_crd_json_matches_the_yaml_and_a_file_target_still_writes_the_committed_
 @pytest.mark.parametrize("field, typo, meant", [
     ("algorithm", "nSamplePerPrompt", "nSamplesPerPrompt"),
     ("algorithm", "nsamplesperprompt", "nSamplesPerPrompt"),
+    ("algorithm", "n_samples_per_prompt", "nSamplesPerPrompt"),  # the Python name: the API server would drop it
     ("training", "learningrate", "learningRate"),
     ("rollout", "maxNewToken", "maxNewTokens"),
 ])

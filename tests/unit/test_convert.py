@@ -234,6 +234,12 @@ def test_colocate_all_models_and_no_vllm_engines_mean_a_colocated_job(workdir, c
     spec = yaml.safe_load(out)["spec"]
     assert code == 0 and spec["rollout"]["backend"] == "transformers" and spec["cluster"]["placement"] == "colocated"
     assert "no vLLM engines" in err
+    # Asynchronous training cannot share processes: OpenRLHF colocates only the trainers then.
+    code, out, err = run(capsys, monkeypatch, "convert", "--", *base, "--async_train", "--colocate_all_models",
+                         "--vllm_num_engines", "2")
+    spec = yaml.safe_load(out)["spec"]
+    assert code == 0 and "placement" not in spec["cluster"] and spec["cluster"]["rollout"]["replicas"] >= 1
+    assert "--colocate_all_models: ignored: with --async_train" in err
 
 
 def test_reward_model_becomes_a_model_reward_and_the_gae_critic(workdir, capsys, monkeypatch):
