@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from e2e import metrics
+from rlhf_api.spec import RLHFJobSpec
 from support.jobs import merge, runnable_spec, write_job
 
 pytestmark = pytest.mark.slow
@@ -49,6 +50,8 @@ def _job(tmp_path: Path, tiny: Path, reward_body: str, reward: dict) -> Path:
                     "        out.append(float(q.count('a')) / max(1, len(q) - len(p)))\n"
                     "    return {'rewards': out}\n")
     spec = merge(runnable_spec(tiny, prompts, code), {"reward": reward, "training": {"episodes": 2}})
+    if "preflight" in RLHFJobSpec.model_fields:  # these faults are meant for training, past the preflight check
+        spec["preflight"] = False
     return write_job(tmp_path, spec)
 
 
@@ -116,3 +119,45 @@ def test_faults_past_max_error_rate_fail_fast_quoting_the_first_errors(ray_clust
     # the same job through `rlhf run`: exit 1 and the message
     assert _run(job, tmp_path / "out2") == 1
     assert "cannot parse p1" in capsys.readouterr().err
+
+
+AGENT = '''
+import time
+from openrlhf.utils.agent import AgentInstanceBase
+
+
+class AgentInstance(AgentInstanceBase):
+    async def reset(self, states, **kwargs):
+        self.prompt = states["observation"]
+        return {"observation": states["observation"]}
+
+    async def step(self, states, **kwargs):
+        if self.prompt == "p1":
+            raise RuntimeError("the environment broke on " + self.prompt)
+        if self.prompt == "p2":
+            time.sleep(3600)  # blocks its event loop: only a thread of its own can be given up
+        if self.prompt == "p3":
+            return {"rewards": "high", "environment_feedback": "", "done": True}
+        return {"rewards": 1.0, "environment_feedback": "", "done": True}
+'''
+
+
+def test_agent_faults_raise_hang_and_contract_are_counted_and_the_run_ends(ray_cluster, tiny, tmp_path):
+    import yaml
+
+    (tmp_path / "agent_func.py").write_text(AGENT)
+    job = _job(tmp_path, tiny, "pass", {})
+    doc = yaml.safe_load(job.read_text())
+    del doc["spec"]["reward"]
+    doc["spec"]["agent"] = {"path": str(tmp_path / "agent_func.py"), "maxSteps": 2, "timeoutSeconds": 2,
+                            "maxErrorRate": 0.8, "onError": "fallback", "fallbackReward": -1.0}
+    job.write_text(yaml.safe_dump(doc))
+    started = time.monotonic()
+    assert _run(job, tmp_path / "out") == 0
+    assert time.monotonic() - started < 300
+    rows = metrics(tmp_path / "out")
+    assert len(rows) == 2
+    for row in rows:  # p1 raises, p2 hangs, p3 returns a non-number: two episodes each
+        assert (row["reward/errors/raised"], row["reward/errors/timeout"], row["reward/errors/invalid"]) == (2, 2, 2)
+        assert row["reward/error_rate"] == 0.75
+        assert row["samples"] == 8 and row["reward/min"] == -1.0 and row["reward/max"] == 1.0  # fallback: kept

@@ -16,8 +16,16 @@ its score (for dynamic filtering) is the last step's ``scores`` (default: the re
 ``extra_logs`` of the last step become metrics.
 
 ``step`` must return a dict with ``rewards`` (a number or one-element tensor),
-``environment_feedback`` (str) and ``done`` (bool); anything else stops the run with an
-:class:`AgentError` naming the file, the prompt and what was wrong.
+``environment_feedback`` (str) and ``done`` (bool).
+
+Faults are counted, not fatal (``spec.agent``'s fault policy, as for rewards): an episode whose
+``reset``/``step`` raises is a ``raised`` fault, one whose ``step`` breaks the contract an
+``invalid`` fault, and one whose ``reset`` or ``step`` takes longer than ``agent.timeoutSeconds``
+a ``timeout`` fault. Each call runs on a thread of its own with its own event loop, so even a
+blocking hang (``time.sleep`` in an ``async def``) ends at the timeout: the thread is abandoned,
+the episode is not. The faulted episode becomes a sample with the prompt and one masked token,
+dropped (``onError: skip``) or given ``fallbackReward``; the run stops past ``maxErrorRate``.
+Agent code runs in the driver process, not in the reward sandbox (see docs/rewards.md).
 
 The episodes run as asyncio tasks in the driver; the ``llm_engine`` they see batches the
 requests that are ready together and sends them to the rollout engines.
@@ -31,17 +39,56 @@ import importlib.util
 import inspect
 import math
 import sys
+import threading
 import traceback
 import types
 from abc import ABC
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
 
 class AgentError(RuntimeError):
     """The agent file failed or broke the contract; the message says where and how."""
+
+
+class AgentTimeout(AgentError):
+    """An agent's ``reset`` or ``step`` did not return within ``agent.timeoutSeconds``."""
+
+
+async def bounded(fn, *args, timeout: Optional[float], what: str):
+    """``await fn(*args)`` on a thread with its own event loop, given up after ``timeout`` seconds.
+
+    A coroutine that blocks its loop (``time.sleep``) cannot be cancelled; on its own thread it
+    only costs that thread, which is abandoned (a daemon) when the time is up."""
+    if timeout is None:
+        result = fn(*args)
+        return await result if inspect.isawaitable(result) else result
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(ok: bool, value) -> None:
+        if not future.done():
+            (future.set_result if ok else future.set_exception)(value)
+
+    def run() -> None:
+        async def call():
+            result = fn(*args)
+            return await result if inspect.isawaitable(result) else result
+
+        try:
+            value = asyncio.run(call())
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting episode
+            loop.call_soon_threadsafe(settle, False, exc)
+        else:
+            loop.call_soon_threadsafe(settle, True, value)
+
+    threading.Thread(target=run, daemon=True, name=f"agent-{what}").start()
+    try:
+        return await asyncio.wait_for(future, timeout)
+    except asyncio.TimeoutError:
+        raise AgentTimeout(f"AgentInstance.{what} did not return within {timeout:g}s") from None
 
 
 class AgentInstanceBase(ABC):
@@ -88,6 +135,7 @@ class AgentExecutorBase(ABC):
         self.llm_engine = llm_engine
         self.hf_tokenizer = hf_tokenizer
         self.result_queue = result_queue
+        self.call_timeout: Optional[float] = None  #: agent.timeoutSeconds, set by the runner
 
     async def execute(self, prompt, label, sampling_params):
         tokenizer = self.hf_tokenizer
@@ -95,7 +143,8 @@ class AgentExecutorBase(ABC):
         created = instance.__init__()
         if inspect.isawaitable(created):  # `async def __init__`, as the seed's examples write it
             await created
-        reset = await instance.reset({"observation": prompt, "label": label})
+        reset = await bounded(instance.reset, {"observation": prompt, "label": label},
+                              timeout=getattr(self, "call_timeout", None), what="reset")
         observation = reset.get("observation", prompt) if isinstance(reset, dict) else prompt
         prompt_ids = tokenizer(observation, add_special_tokens=False)["input_ids"]
         tokens, mask, logprobs = list(prompt_ids), [], []
@@ -111,8 +160,9 @@ class AgentExecutorBase(ABC):
             tokens += list(action.token_ids)
             mask += [1.0] * len(action.token_ids)
             logprobs += [entry[t].logprob for entry, t in zip(action.logprobs, action.token_ids)]
-            result = await instance.step({"observation_text": observation, "action_text": action.text, "label": label,
-                                          "sampling_params": params})
+            result = await bounded(instance.step, {"observation_text": observation, "action_text": action.text,
+                                                   "label": label, "sampling_params": params},
+                                   timeout=getattr(self, "call_timeout", None), what="step")
             steps += 1
             reward, done, feedback = _check_step(result)
             total_reward += reward
@@ -216,8 +266,9 @@ def make_sampling_params(rollout_spec):
 # --------------------------------------------------------------------------- running episodes
 
 
-def agent_rewards(samples: list):
-    """The episodes' rewards and scores as a validated RewardResult (extra_logs: mean over episodes)."""
+def agent_rewards(samples: list, faults: Sequence = ()):
+    """The episodes' rewards and scores as a validated RewardResult (extra_logs: mean over episodes), with
+    the faulted episodes of the rollout (:attr:`AgentRunner.faults`)."""
     from .reward import RewardResult
 
     logs: dict[str, list[float]] = {}
@@ -229,7 +280,7 @@ def agent_rewards(samples: list):
                 continue  # non-numeric extra logs are not metrics
     return RewardResult(rewards=torch.tensor([x.reward for x in samples], dtype=torch.float32),
                         scores=torch.tensor([x.score for x in samples], dtype=torch.float64),
-                        extra_logs={k: sum(v) / len(v) for k, v in logs.items()})
+                        extra_logs={k: sum(v) / len(v) for k, v in logs.items()}, faults=list(faults))
 
 
 class EngineClient:
@@ -293,6 +344,8 @@ class AgentRunner:
     max_length: int
     rollout_spec: Any
     client: EngineClient = field(init=False)
+    faults: list = field(init=False, default_factory=list)  #: the last rollout's faulted episodes
+    policy: Any = None  #: ``spec.agent`` (timeoutSeconds, onError, fallbackReward); None: no timeout
 
     def __post_init__(self):
         self.executor_cls, self.instance_cls = load_agent(self.path)
@@ -300,13 +353,20 @@ class AgentRunner:
 
     def _executor(self):
         if self.executor_cls is not None:
-            return self.executor_cls(self.max_steps, self.max_length, self.client, self.tokenizer, None)
-        return AgentExecutorBase(self.instance_cls, self.max_steps, self.max_length, self.client, self.tokenizer, None)
+            executor = self.executor_cls(self.max_steps, self.max_length, self.client, self.tokenizer, None)
+        else:
+            executor = AgentExecutorBase(self.instance_cls, self.max_steps, self.max_length, self.client,
+                                         self.tokenizer, None)
+        executor.call_timeout = self.policy.timeout_seconds if self.policy is not None else None
+        return executor
 
-    def rollout(self, prompts: list, n: int) -> list:
-        """``n`` episodes per prompt as training samples (prompt-major), scored by the agent."""
+    def rollout(self, prompts: list, n: int, policy: Any = None) -> list:
+        """``n`` episodes per prompt as training samples (prompt-major), scored by the agent under the
+        fault ``policy`` (``spec.agent``); the faulted ones are listed in :attr:`faults`."""
         from .rollout import Sample
 
+        if policy is not None:
+            self.policy = policy
         samples = []
         for ep in self.run(prompts, n):
             tokens, start = ep["observation_tokens"], ep["prompt_length"]
@@ -318,18 +378,36 @@ class AgentRunner:
         return samples
 
     def run(self, prompts: list, n: int) -> list[dict]:
-        """One episode dict per sample, prompt-major (``n`` per prompt)."""
+        """One episode dict per sample, prompt-major (``n`` per prompt); faulted episodes are stand-ins
+        (the prompt and one masked token) and their faults go to :attr:`faults`."""
+        from .reward import RewardFault
 
-        async def episode(prompt):
+        self.faults = []
+
+        async def episode(index: int, prompt):
             try:
                 return await self._executor().execute(prompt.text, prompt.label, make_sampling_params(self.rollout_spec))
-            except AgentError as exc:
-                raise AgentError(f"{self.path} (prompt {prompt.text[:80]!r}): {exc}") from None
-            except Exception as exc:  # noqa: BLE001 - user code: say where
-                raise AgentError(f"{self.path} raised {type(exc).__name__}: {exc} (prompt {prompt.text[:80]!r})\n"
-                                 f"{traceback.format_exc()}") from exc
+            except Exception as exc:  # noqa: BLE001 - user code: a fault of this episode, said where
+                kind = "timeout" if isinstance(exc, AgentTimeout) else "invalid" if isinstance(exc, AgentError) \
+                    else "raised"
+                frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == self.path]
+                line = f"{self.path}:{frames[-1].lineno}: {(frames[-1].line or '').strip()}" if frames else None
+                self.faults.append(RewardFault(kind, index, f"{type(exc).__name__}: {exc}"[:500], line,
+                                               traceback.format_exc()[-4000:], prompt.text[:200]))
+                return self._stand_in(prompt)
 
         async def all_episodes():
-            return await asyncio.gather(*[episode(p) for p in prompts for _ in range(n)])
+            return await asyncio.gather(*[episode(i * n + k, p) for i, p in enumerate(prompts) for k in range(n)])
 
-        return asyncio.run(all_episodes())
+        episodes = asyncio.run(all_episodes())
+        self.faults.sort(key=lambda f: f.sample_index)
+        return episodes
+
+    def _stand_in(self, prompt) -> dict:
+        """A faulted episode's sample: the prompt, one masked-out token, the fallback reward."""
+        prompt_ids = list(self.tokenizer(prompt.text, add_special_tokens=False)["input_ids"]) or [0]
+        pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        fallback = self.policy.fallback_reward if self.policy is not None and self.policy.on_error == "fallback" else 0.0
+        return {"prompt": prompt.text, "label": prompt.label, "observation_tokens": prompt_ids + [pad],
+                "prompt_length": len(prompt_ids), "action_mask": [0.0], "rollout_log_probs": [0.0],
+                "reward": fallback, "scores": fallback, "extra_logs": {}, "steps": 0}

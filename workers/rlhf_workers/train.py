@@ -141,9 +141,9 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
                 sampling = s.round_sampling()  # seeded by the data position, so a resumed run samples the same
                 chunk = s.prompts.take(rollout_size - batch.groups)
                 with t("generate"):
-                    samples = s.agent.rollout(chunk, n) if s.agent else generate(s.cluster, chunk, sampling)
+                    samples = s.agent.rollout(chunk, n, spec.agent) if s.agent else generate(s.cluster, chunk, sampling)
                 with t("reward"):
-                    result = agent_rewards(samples) if s.agent else score(s.cluster, s.tokenizer, chunk, samples, n)
+                    result = agent_rewards(samples, s.agent.faults) if s.agent else score(s.cluster, s.tokenizer, chunk, samples, n)
                 batch.add_round(chunk, samples, result, kept=kept_groups(algo, result.scores, len(chunk)))
                 if not algo.dynamic_filtering.enabled:
                     break
