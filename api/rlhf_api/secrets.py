@@ -89,6 +89,23 @@ def secret_references(spec: Any) -> list[SecretReference]:
     return refs
 
 
+class TokenReference(NamedTuple):
+    """A service account whose API token the spec asks to mount into the pods, and where."""
+
+    field: str
+    service_account: str
+
+
+def token_references(spec: Any) -> list[TokenReference]:
+    """The service-account token the pods get (cluster.automountServiceAccountToken): a credential
+    like a Secret, so whoever creates the job must be allowed to request that token themselves
+    (`create` on serviceaccounts/token), which admission reviews as it reviews Secrets."""
+    cluster = spec.cluster
+    if not cluster.automount_service_account_token:
+        return []
+    return [TokenReference("spec.cluster.automountServiceAccountToken", cluster.service_account_name or "default")]
+
+
 def describe(refs: list[SecretReference]) -> str:
     """The references as one line: `Secret "wandb" (spec.logging...), Secret "x" (...)`."""
     return ", ".join(f'Secret "{ref.name}" ({ref.field})' for ref in refs)

@@ -12,8 +12,10 @@ every error in the job's status instead.
 Every Secret the spec names (rlhf_api.secrets.secret_references) is checked with a
 SubjectAccessReview for the requesting user (`get` on that Secret): pods run the user's code and
 could print it, so naming a Secret must need the right to read it. A refusal names the Secret and
-the field. Without the webhook there is no requesting user, and launch refuses such jobs unless
-the operator is configured to allow them (OperatorConfig.allow_secret_references).
+the field. A service-account token mounted into the pods (cluster.automountServiceAccountToken) is
+a credential too: it needs `create` on that account's serviceaccounts/token. Without the webhook
+there is no requesting user, and launch refuses such jobs unless the operator is configured to
+allow them (OperatorConfig.allow_secret_references).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import kopf
 import urllib3
 from kubernetes.client.rest import ApiException
 from rlhf_api.imports import job_import_findings
-from rlhf_api.secrets import SecretReference, secret_references
+from rlhf_api.advice import job_warnings
+from rlhf_api.secrets import SecretReference, TokenReference, secret_references, token_references
 from rlhf_api.spec import immutable_changes
 from rlhf_api.validation import InvalidJob, parse_job, parse_spec
 
@@ -48,6 +51,7 @@ def validate(body: kopf.Body, old: Optional[dict], operation: Optional[str], mem
         raise kopf.AdmissionError("; ".join(unresolved), code=422)
     if warnings is not None:
         warnings.extend(doubtful)  # a custom cluster.image: kubectl prints these as warnings
+        warnings.extend(str(w) for w in job_warnings(new_job.spec))  # e.g. checkpoints that die with the pods
     old_spec = None
     if operation == "UPDATE" and old and old.get("spec"):
         try:
@@ -63,7 +67,30 @@ def validate(body: kopf.Body, old: Optional[dict], operation: Optional[str], mem
     # not reading their Secrets (and the fields that name Secrets are immutable anyway).
     known = {ref.name for ref in secret_references(old_spec)} if old_spec is not None else set()
     refs = [ref for ref in secret_references(new_job.spec) if ref.name not in known]
-    check_secrets(memo, dict(userinfo or {}), new_job.metadata.namespace or body["metadata"].get("namespace"), refs)
+    namespace = new_job.metadata.namespace or body["metadata"].get("namespace")
+    check_secrets(memo, dict(userinfo or {}), namespace, refs)
+    tokens = token_references(new_job.spec)
+    if old_spec is None or token_references(old_spec) != tokens:
+        check_tokens(memo, dict(userinfo or {}), namespace, tokens)
+
+
+def check_tokens(memo: "OperatorContext", user: dict[str, Any], namespace: Optional[str],
+                 tokens: list[TokenReference]) -> None:
+    """Refuse the request unless ``user`` may request the API token the pods would get mounted."""
+    who = user.get("username") or "the requesting user"
+    for ref in tokens:
+        account = f'ServiceAccount "{ref.service_account}"'
+        try:
+            allowed, reason = memo.kube.may_request_token(user, namespace or "", ref.service_account)
+        except (ApiException, OSError, urllib3.exceptions.HTTPError) as exc:  # no answer is no permission
+            why = answer_of(exc).message if isinstance(exc, ApiException) else str(exc)
+            raise kopf.AdmissionError(f"{ref.field}: could not check whether {who} may request a token of {account}"
+                                      f" (SubjectAccessReview failed: {why}); try again", code=500)
+        if not allowed:
+            raise kopf.AdmissionError(
+                f"{ref.field}: {who} may not request a token of {account} in namespace {namespace} (`create` on"
+                f" serviceaccounts/token), so a job of theirs may not mount one either{f' ({reason})' if reason else ''};"
+                " set automountServiceAccountToken: false, or ask for that permission", code=403)
 
 
 def check_secrets(memo: "OperatorContext", user: dict[str, Any], namespace: Optional[str],

@@ -273,8 +273,16 @@ class Kube:
     def may_read_secret(self, user: dict[str, Any], namespace: str, name: str) -> tuple[bool, str]:
         """Ask the API server (a SubjectAccessReview) whether ``user``, an admission request's
         userInfo, may `get` the Secret; returns (allowed, the authorizer's reason)."""
-        spec: dict[str, Any] = {"resourceAttributes": {"namespace": namespace, "verb": "get", "group": "",
-                                                       "resource": "secrets", "name": name}}
+        return self.may(user, {"namespace": namespace, "verb": "get", "group": "", "resource": "secrets", "name": name})
+
+    def may_request_token(self, user: dict[str, Any], namespace: str, service_account: str) -> tuple[bool, str]:
+        """Whether ``user`` may get an API token of the service account (`create` serviceaccounts/token)."""
+        return self.may(user, {"namespace": namespace, "verb": "create", "group": "", "resource": "serviceaccounts",
+                               "subresource": "token", "name": service_account})
+
+    def may(self, user: dict[str, Any], attributes: dict[str, str]) -> tuple[bool, str]:
+        """One SubjectAccessReview of ``attributes`` for ``user``; returns (allowed, the authorizer's reason)."""
+        spec: dict[str, Any] = {"resourceAttributes": attributes}
         for ours, theirs in (("username", "user"), ("uid", "uid"), ("groups", "groups"), ("extra", "extra")):
             if user.get(ours):
                 spec[theirs] = user[ours]

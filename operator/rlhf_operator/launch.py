@@ -22,7 +22,7 @@ from rlhf_api.jobstatus import TERMINAL_PHASES, Phase
 from rlhf_api.names import CODE_HASH_ANNOTATION, GROUP, KIND, VERSION
 from rlhf_api.spec import MUTABLE_FIELDS, RLHFJob, immutable_changes
 from rlhf_api.advice import job_warnings
-from rlhf_api.secrets import describe, secret_references
+from rlhf_api.secrets import describe, secret_references, token_references
 from rlhf_api.validation import FieldError, InvalidJob, parse_job, parse_spec
 from rlhf_api.workerconfig import REWARD_FILE
 
@@ -161,10 +161,12 @@ def _secrets_not_allowed(memo: OperatorContext, job: RLHFJob) -> Optional[str]:
     configured with allow_secret_references (RLHF_ALLOW_SECRET_REFERENCES) accepts them."""
     if memo.cfg.webhook_cert_dir or memo.cfg.allow_secret_references:
         return None
-    refs = secret_references(job.spec)
-    if not refs:
+    refs, tokens = secret_references(job.spec), token_references(job.spec)
+    if not refs and not tokens:
         return None
-    return (f"{describe(refs)}: this operator runs without its admission webhook, so nothing checked that the job's"
+    named = ", ".join(([describe(refs)] if refs else [])
+                      + [f'the API token of ServiceAccount "{t.service_account}" ({t.field})' for t in tokens])
+    return (f"{named}: this operator runs without its admission webhook, so nothing checked that the job's"
             " creator may read these Secrets; enable the webhook (Helm value webhook.enabled), or, where everyone"
             " who may create RLHFJobs may read the namespace's Secrets, set secrets.allowReferences"
             " (RLHF_ALLOW_SECRET_REFERENCES=true); or remove the references")

@@ -49,3 +49,65 @@ def test_with_the_settings_allowing_them_the_rayjob_carries_the_env_sources(kube
     container = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in container["env"]
     assert container["envFrom"] == ENV_SPEC["cluster"]["envFrom"]
+
+
+class TokenAuthorizer(Authorizer):
+    """Also answers `create serviceaccounts/token` reviews: ``minters`` maps (namespace, account) to users."""
+
+    def __init__(self, kube, readers, minters):
+        self.minters = minters
+        super().__init__(kube, readers)
+
+    def answer(self, request):
+        attrs = request.data["spec"]["resourceAttributes"]
+        if attrs.get("resource") != "serviceaccounts":
+            return super().answer(request)
+        self.reviews.append(request.data)
+        spec = request.data["spec"]
+        allowed = (attrs["verb"], attrs.get("subresource"), attrs["group"]) == ("create", "token", "") \
+            and spec.get("user") in self.minters.get((attrs["namespace"], attrs["name"]), ())
+        return {"kind": "SubjectAccessReview", "apiVersion": "authorization.k8s.io/v1", "metadata": {},
+                "spec": spec, "status": {"allowed": allowed}}
+
+
+TOKEN_SPEC = spec_with(cluster={"serviceAccountName": "trainer-identity", "automountServiceAccountToken": True})
+
+
+def test_mounting_a_token_needs_the_right_to_request_it_and_is_refused_naming_the_account(kube, webhook):  # noqa: F811
+    authz = TokenAuthorizer(kube, {}, {(NS, "trainer-identity"): {"alice"}})
+    response = webhook(rlhfjob(spec=TOKEN_SPEC), user="bob")
+    assert response["allowed"] is False and response["status"]["code"] == 403
+    message = response["status"]["message"]
+    assert 'ServiceAccount "trainer-identity"' in message and "spec.cluster.automountServiceAccountToken" in message
+    attrs, = [r["spec"]["resourceAttributes"] for r in authz.reviews]
+    assert attrs == {"namespace": NS, "verb": "create", "group": "", "resource": "serviceaccounts",
+                     "subresource": "token", "name": "trainer-identity"}
+    assert webhook(rlhfjob(spec=TOKEN_SPEC), user="alice")["allowed"] is True
+
+
+def test_a_service_account_without_its_token_asks_no_review(kube, webhook):  # noqa: F811
+    authz = TokenAuthorizer(kube, {}, {})
+    spec = spec_with(cluster={"serviceAccountName": "trainer-identity"})
+    assert webhook(rlhfjob(spec=spec), user="bob")["allowed"] is True
+    assert authz.reviews == []
+
+
+def test_the_default_accounts_token_is_reviewed_when_asked_for_without_a_name(kube, webhook):  # noqa: F811
+    authz = TokenAuthorizer(kube, {}, {})
+    response = webhook(rlhfjob(spec=spec_with(cluster={"automountServiceAccountToken": True})), user="bob")
+    assert response["allowed"] is False and 'ServiceAccount "default"' in response["status"]["message"]
+    assert [r["spec"]["resourceAttributes"]["name"] for r in authz.reviews] == ["default"]
+
+
+def test_without_the_webhook_a_mounted_token_is_refused_at_launch(kube, operator):
+    operator.start()
+    kube.create(rlhfjob(spec=TOKEN_SPEC))
+    status = wait_phase(kube, "Failed", "SecretsNotAllowed")
+    assert 'ServiceAccount "trainer-identity"' in status["message"], status["message"]
+    assert kube.list(RAYJOBS, NS) == []
+
+
+def test_kubectl_is_warned_about_checkpoints_that_die_with_the_pods(kube, webhook):  # noqa: F811
+    response = webhook(rlhfjob(), user="alice")
+    assert response["allowed"] is True
+    assert any("spec.checkpoint.volume" in w for w in response.get("warnings") or []), response
