@@ -141,3 +141,13 @@ def test_the_crd_refuses_them_too(cluster):
 
 def test_the_crd_takes_what_the_model_takes():
     assert crd_verdict(identity_job(serviceAccountName="trainer-identity", automountServiceAccountToken=True)["spec"]) == []
+
+
+def test_a_mounted_token_is_listed_as_a_credential_of_its_account():
+    from rlhf_api.secrets import TokenReference, token_references
+
+    assert token_references(parse_job(job(cluster={"serviceAccountName": "trainer-identity"})).spec) == []
+    named = parse_job(job(cluster={"serviceAccountName": "trainer-identity", "automountServiceAccountToken": True}))
+    assert token_references(named.spec) == [TokenReference("spec.cluster.automountServiceAccountToken", "trainer-identity")]
+    unnamed = parse_job(job(cluster={"automountServiceAccountToken": True}))
+    assert token_references(unnamed.spec)[0].service_account == "default"
