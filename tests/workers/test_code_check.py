@@ -97,23 +97,27 @@ def test_a_reward_raising_on_one_row_is_quoted_with_its_line(tmp_path):
     assert "reward_func.py, line 6" in verdict["message"]
 
 
+@pytest.mark.slow
 def test_a_contract_violation_fails(tmp_path):
     code, verdict, _ = run(tmp_path, WRONG_LENGTH)
     assert code == 1 and "rewards" in verdict["message"] and "3" in verdict["message"]
 
 
+@pytest.mark.slow
 def test_a_hanging_reward_is_stopped_after_the_timeout(tmp_path):
     code, verdict, elapsed = run(tmp_path, HANGS, timeout=1.5)
     assert code == 1 and "did not return within" in verdict["message"] and "1.5 s" in verdict["message"]
-    assert "line 5" in verdict["message"]
+    assert "was killed" in verdict["message"]
     assert elapsed < 60
 
 
+@pytest.mark.slow
 def test_a_reward_that_exits_the_process_fails_and_says_so(tmp_path):
     code, verdict, _ = run(tmp_path, EXITS)
     assert code == 1 and "sys.exit(3)" in verdict["message"]
 
 
+@pytest.mark.slow
 def test_an_agent_gets_reset_and_one_step(tmp_path):
     code, verdict, _ = run(tmp_path, AGENT, agent=True)
     assert code == 0 and "reset and one step passed on 3 rows" in verdict["message"]
@@ -127,6 +131,7 @@ def test_unreadable_data_cannot_be_checked(tmp_path):
     assert code == 2 and "data.inputKey" in verdict["message"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [20000])
 def test_the_result_fits_a_termination_message(tmp_path, size):
     raising = f"def reward_func(queries, prompts, labels):\n    raise RuntimeError('x' * {size})\n"

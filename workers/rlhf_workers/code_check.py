@@ -4,13 +4,14 @@ The operator runs it in a short CPU-only pod from the worker image (the same con
 mounts as the Ray pods, no GPU, no Secrets, no service-account token) before it creates the RayJob;
 ``rlhf run`` runs it before it starts Ray. It
 
-1. imports the reward file (or agent file) exactly as training does,
+1. imports the reward file as training does, in its sandbox (rlhf_workers.sandbox: a sandboxed
+   process with ``reward.sandbox``'s limits, no network unless allowed); an agent file in-process,
 2. reads a few rows of the job's prompt data (``data.prompts``, ``inputKey``, ``labelKey``),
 3. calls ``reward_func`` once on them (an agent: ``reset`` and one ``step`` per row), each answer
    being the row's label (a well-formed answer) or nothing, and checks the result against the
    contract (one finite reward per query, scores in [0, 1], ...).
 
-A reward that hangs is stopped after ``reward.timeoutSeconds`` (60 s by default). The outcome is one
+A reward that hangs is killed after ``reward.timeoutSeconds`` (60 s by default). The outcome is one
 short JSON object, ``{"ok": bool, "message": str}``, written to ``--result-file``: in the pod that is
 its termination-message file, so the verdict travels in the pod's status, where the operator reads
 it. Exit codes: 0 the code passed, 1 it failed (the message quotes the error and the line), 2 the
@@ -131,35 +132,63 @@ def _answer(label: Any) -> str:
     return "" if label in (None, "") else f" {label}"
 
 
-def check_reward(path: str, rows: list[tuple[str, Any]], timeout: float) -> CheckOutcome:
-    """Import ``path`` and call its reward_func once on ``rows``; the contract checked."""
-    from .reward import RewardError, RewardFunctionError, call_reward_function, load_reward_function
+def check_reward(path: str, rows: list[tuple[str, Any]], timeout: float, reward_spec: Any = None) -> CheckOutcome:
+    """Import ``path`` and call its reward_func once on ``rows`` as training does: in a sandboxed
+    process (rlhf_workers.sandbox, with ``reward.sandbox``'s limits and network setting), bounded by
+    ``timeout`` to load and to score; the result checked against the contract."""
+    from .reward import RewardError, validate_reward_output
+    from .reward.sandboxed import limits_from_spec
+    from .sandbox import SandboxPool, SandboxStartError
 
     prompts = [p for p, _ in rows]
     queries = [p + _answer(label) for p, label in rows]
     labels = [label for _, label in rows]
+    # reward.sandbox as training reads it (python names: cpu_seconds, memory_mb, ..., read_paths)
+    sandbox = (reward_spec.model_dump().get("sandbox") if reward_spec is not None else None) or {}
+    pool = SandboxPool({"kind": "reward_func", "path": path}, size=1, timeout=timeout, start_timeout=timeout,
+                       limits=limits_from_spec(sandbox), network=bool(sandbox.get("network", False)),
+                       read_paths=sandbox.get("read_paths", ()))
     try:
-        with _no_process_exit(), _deadline(timeout):
-            fn = load_reward_function(path)
-            result = call_reward_function(fn, queries, prompts, labels, source=path)
-    except _TimedOut as exc:
-        return CheckOutcome(False, f"reward_func did not return within reward.timeoutSeconds ({timeout:g} s) on"
-                                   f" {len(rows)} rows of the job's data{_user_line(exc, path)}", EXIT_FAILED)
-    except (_ExitCalled, SystemExit, KeyboardInterrupt) as exc:
-        return CheckOutcome(False, f"reward_func {_ending(exc)}{_user_line(exc, path)}", EXIT_FAILED)
-    except RewardFunctionError as exc:
-        return CheckOutcome(False, f"reward_func raised {exc.exc_type}: {exc.exc_message}"
-                                   f"{_user_line(exc.original, path)} (on {len(rows)} rows of the job's data)",
-                            EXIT_FAILED)
+        try:
+            pool.start()
+        except SandboxStartError as exc:
+            return CheckOutcome(False, f"{Path(path).name} could not be loaded: {_first_lines(str(exc))}", EXIT_FAILED)
+        (outcome,) = pool.map([(queries, prompts, labels)])
+    finally:
+        pool.close()
+    where = f" on {len(rows)} rows of the job's data"
+    error = outcome.error or {}
+    if outcome.status == "timeout":
+        return CheckOutcome(False, f"reward_func did not return within reward.timeoutSeconds ({timeout:g} s){where}"
+                                   " and was killed", EXIT_FAILED)
+    if not outcome.ok:
+        line = f" at {_located(error['line'])}" if error.get("line") else ""
+        return CheckOutcome(False, f"reward_func {'raised ' if outcome.status == 'raised' else ''}"
+                                   f"{error.get('type', 'Error')}: {error.get('message', '')}{line}{where}", EXIT_FAILED)
+    try:
+        result = validate_reward_output(outcome.value, len(rows), prompts, source=path)
     except RewardError as exc:
-        return CheckOutcome(False, exc.message if hasattr(exc, "message") else str(exc), EXIT_FAILED)
+        return CheckOutcome(False, f"{_first_lines(exc.message)}{where}", EXIT_FAILED)
     scores = result.scores.tolist() if result.scores_given else []
     outside = [i for i, v in enumerate(scores) if not 0.0 <= v <= 1.0]
     if outside:
         return CheckOutcome(False, f"reward_func returned scores[{outside[0]}] = {scores[outside[0]]:.4g}; scores"
                                    " must lie in [0, 1] (they drive dynamic filtering)", EXIT_FAILED)
-    return CheckOutcome(True, f"reward_func passed on {len(rows)} rows of the job's data"
+    return CheckOutcome(True, f"reward_func passed{where}, in its sandbox"
                               f" (rewards {', '.join(f'{float(r):.4g}' for r in result.rewards)})")
+
+
+def _located(line: str) -> str:
+    """The sandbox's ``/path/reward_func.py:6: code`` as ``reward_func.py, line 6: code``."""
+    import re
+
+    match = re.match(r"^(.*?):(\d+):\s*(.*)$", line.strip())
+    return f"{Path(match.group(1)).name}, line {match.group(2)}: {match.group(3)}" if match else line
+
+
+def _first_lines(text: str, lines: int = 12) -> str:
+    kept = text.strip().splitlines()
+    return "\n".join(kept[:2] + (["..."] if len(kept) > lines else []) + kept[2:][-(lines - 2):]) if kept else text
 
 
 def check_agent(path: str, rows: list[tuple[str, Any]], timeout: float) -> CheckOutcome:
@@ -218,7 +247,7 @@ def run_check(config, rows: int = ROWS, timeout: Optional[float] = None) -> Chec
     except (DataError, OSError, ValueError) as exc:
         return CheckOutcome(False, f"could not read rows of the job's data to call the code with: {exc}", EXIT_UNUSABLE)
     if config.reward_code_path:
-        return check_reward(config.reward_code_path, picked, timeout)
+        return check_reward(config.reward_code_path, picked, timeout, spec.reward)
     return check_agent(config.agent_code_path, picked, timeout)
 
 
