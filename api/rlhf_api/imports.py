@@ -33,6 +33,9 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 MODULE_LIST = Path(__file__).with_name("worker_modules.txt")
+# What the workers provide to agent files themselves: OpenRLHF's agent module, which
+# rlhf_workers.agent.install_openrlhf_alias installs before it loads one (OpenRLHF is not installed).
+AGENT_PROVIDED = frozenset({"openrlhf", "openrlhf.utils", "openrlhf.utils.agent"})
 _SOFT_FAILURES = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -229,8 +232,9 @@ def unresolved_imports(files: Mapping[str, str], siblings: Iterable[str] = (),
             tree = ast.parse(source)
         except SyntaxError:
             continue
+        provided = AGENT_PROVIDED if Path(file).name == "agent_func.py" else frozenset()  # workerconfig.AGENT_FILE
         for statement in import_statements(tree):
-            if statement.level == 0 and statement.top in known:
+            if statement.level == 0 and (statement.top in known or statement.module in provided):
                 continue
             if statement.level:
                 problems.append(UnresolvedImport(file, statement))

@@ -116,3 +116,12 @@ def test_the_worker_image_generates_the_list_from_its_own_environment():
 @pytest.mark.parametrize("name", ["os", "json", "subprocess", "asyncio"])
 def test_stdlib_names_come_from_the_interpreter(name):
     assert problems(f"import {name}\n") == []
+
+
+def test_agent_files_may_import_openrlhfs_agent_module_which_the_workers_provide():
+    agent = "from openrlhf.utils.agent import AgentInstanceBase\nclass AgentInstance(AgentInstanceBase):\n    pass\n"
+    assert unresolved_imports({"agent_func.py": agent}) == []
+    # only that module, and only for agents (a reward file gets no such alias)
+    assert [p.statement.module for p in unresolved_imports({"agent_func.py": "import openrlhf.models\n"})] == \
+        ["openrlhf.models"]
+    assert len(unresolved_imports({REWARD: "from openrlhf.utils.agent import AgentInstanceBase\n" + TAIL})) == 1
