@@ -486,6 +486,10 @@ class RLHFJobSpec(SpecModel):
                 "message": "dynamicFiltering needs a function, remote or agent reward (reward models give no scores)",
             },
             {
+                "rule": "!self.algorithm.async.enabled || self.cluster.placement != 'colocated'",
+                "message": "algorithm.async needs separate rollout engines: set cluster.placement to distributed or auto",
+            },
+            {
                 "rule": "!has(self.cluster.volumes) || self.cluster.volumes.all(v, v.mountPath != self.checkpoint.path"
                         " && v.mountPath + '/' != self.checkpoint.path)",
                 "message": "a cluster.volumes mountPath is checkpoint.path; set checkpoint.volume instead",
@@ -535,6 +539,12 @@ class RLHFJobSpec(SpecModel):
                                  " set checkpoint.volume instead")
         algo = self.algorithm
         n = algo.n_samples_per_prompt
+        if algo.async_.enabled and self.cluster.placement == "colocated":
+            raise ValueError(
+                "algorithm.async.enabled: the colocated placement runs generation and training in the same processes, "
+                "one after the other, so they cannot overlap; set cluster.placement: distributed (auto picks it for "
+                "async jobs) or turn async off"
+            )
         if algo.advantage_estimator in GROUP_ESTIMATORS and n < 2:
             raise ValueError(
                 f"algorithm.nSamplesPerPrompt: must be >= 2 for advantageEstimator {algo.advantage_estimator}"

@@ -16,6 +16,8 @@ Modules
 ``rollout``      rollout engines: vLLM and transformers behind one interface
 ``trainer``      DeepSpeed policy and critic, the reference model
 ``weight_sync``  trainer -> engine weight transfer (in-process, collective broadcast, object store)
+``vllm_extension`` the receiving end of the collective push inside vLLM's workers (worker_extension_cls)
+``async_rollout`` rollouts in place, or generated ahead in a thread (algorithm.async)
 ``algorithms``   advantage estimators, KL, PPO losses, dynamic filtering
 ``reward``       the reward_func contract, remote reward servers, reward models
 ``data``         prompt datasets and their resumable order

@@ -272,11 +272,12 @@ def make_weight_sync(spec: RLHFJobSpec, cluster: "Cluster") -> WeightSync:
 
 
 def resolve_placement(spec: RLHFJobSpec) -> str:
-    """``cluster.placement``, with ``auto`` = colocated when one machine does all the compute."""
+    """``cluster.placement``, with ``auto`` = colocated when one machine does all the compute
+    (distributed for tensor-parallel engines and for ``algorithm.async``, which need separate engines)."""
     placement = spec.cluster.placement
     if placement != "auto":
         return placement
-    if spec.rollout.tensor_parallel_size > 1:
+    if spec.rollout.tensor_parallel_size > 1 or spec.algorithm.async_.enabled:  # async overlaps separate processes
         return "distributed"
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     use_gpus = any(n["Resources"].get("GPU", 0) > 0 for n in nodes)

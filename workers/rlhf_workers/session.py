@@ -138,6 +138,8 @@ class Session:
     last_sync: Optional[str] = None  #: when the engines last got new weights
     last_ckpt: Optional[CheckpointInfo] = None
     stop_signal: Optional[str] = None  #: set by SIGTERM: the loop ends after the current step with a checkpoint
+    #: held while a batch is generated and while weights are pushed or the data position saved (async rollouts)
+    rollout_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     @property
     def spec(self):
@@ -190,7 +192,9 @@ class Session:
         staging = self.checkpoints.prepare(step)
         self.cluster.save_checkpoint(str(staging), tag_for(step))
         self.save_model(staging / HF_DIR, step, row)
-        self.checkpoints.commit(step, {"data": self.prompts.state(), "total_steps": self.total_steps, "time": utc_now()})
+        with self.rollout_lock:  # async rollouts move the data position from their thread
+            data = self.prompts.state()
+        self.checkpoints.commit(step, {"data": data, "total_steps": self.total_steps, "time": utc_now()})
         path = self.checkpoints.path_for(step)
         self.last_ckpt = CheckpointInfo(step=step, path=str(path), time=utc_now())
         return self.last_ckpt
@@ -259,8 +263,6 @@ def open_session(config: WorkerConfig, reporter: Reporter, progress: Optional[Pr
     """Set up a run of ``config`` on the connected Ray cluster, yield it, tear it down (see the module doc)."""
     spec = config.spec
     training, n = spec.training, spec.algorithm.n_samples_per_prompt
-    if spec.algorithm.async_.enabled:
-        logger.warning("algorithm.async is not implemented yet: training synchronously (on-policy)")
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     own_progress = progress is None

@@ -19,6 +19,9 @@ Each step:
 8. **log** - metrics.jsonl / TensorBoard / W&B, the progress endpoint, a checkpoint every
    ``saveSteps``.
 
+With ``algorithm.async`` steps 1-3 (:func:`collect_rollout`) run ahead in a thread while the
+trainers do 4-7 (:mod:`rlhf_workers.async_rollout`); otherwise they run in place.
+
 Metrics per step (``metrics.jsonl``): ``step``, ``episode``, ``reward/mean|std|min|max`` and
 ``score/mean`` over every sample generated in the step, ``reward/mean_trained`` over the
 samples trained on (they differ only with dynamic filtering), ``filter/pass_rate``,
@@ -53,6 +56,7 @@ from rlhf_api.spec import GROUP_ESTIMATORS
 from rlhf_api.workerconfig import WorkerConfig
 
 from .agent import agent_rewards
+from .async_rollout import rollout_source
 from .algorithms import AdvantageResult, compute_advantages, compute_kl, dynamic_filter
 from .batch import MicroBatch, dummy, pack, pad_rows
 from .cluster import Cluster, RoleGroup, split_evenly
@@ -60,7 +64,7 @@ from .data import Prompt
 from .metrics import ProgressServer
 from .reward import FaultWindow, RewardFaultsExceeded, RewardResult
 from .rollout import Sample, SamplingConfig
-from .session import LogReporter, Reporter, TrainResult, open_session
+from .session import LogReporter, Reporter, Session, TrainResult, open_session
 from .step_metrics import Timer, kl_metric, mean_stats, rollout_metrics, timing_metrics, update_metrics
 
 logger = logging.getLogger(__name__)
@@ -123,11 +127,12 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
           progress: Optional[ProgressServer] = None, threads: Optional[int] = None) -> TrainResult:
     """Run (or resume) the job described by ``config`` on the connected Ray cluster."""
     spec = config.spec
-    algo, n, rollout_size = spec.algorithm, spec.algorithm.n_samples_per_prompt, spec.training.rollout_batch_size
+    algo = spec.algorithm
     faults = FaultWindow.for_policy(spec.agent or spec.reward)
-    with open_session(config, reporter or LogReporter(), progress, max_steps=max_steps, threads=threads) as s:
+    with open_session(config, reporter or LogReporter(), progress, max_steps=max_steps, threads=threads) as s, \
+            rollout_source(s, collect_rollout) as rollouts:  # in place, or ahead in a thread with algorithm.async
         step = s.first_step
-        while step < s.total_steps and not s.prompts.exhausted:
+        while step < s.total_steps and rollouts.more():
             if s.stop_signal is not None:  # SIGTERM during set-up
                 s.stop(step)
             t = Timer()
@@ -135,18 +140,7 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
             episode = s.prompts.episode
 
             # ---------------------------------------------------- 1-3. rollout, reward, dynamic filtering
-            batch = Rollout(n, skip_faulted=(spec.agent or spec.reward).on_error == "skip",
-                            whole_groups=algo.advantage_estimator in GROUP_ESTIMATORS)
-            while batch.groups < rollout_size and not s.prompts.exhausted:  # filtering refills from the data
-                sampling = s.round_sampling()  # seeded by the data position, so a resumed run samples the same
-                chunk = s.prompts.take(rollout_size - batch.groups)
-                with t("generate"):
-                    samples = s.agent.rollout(chunk, n, spec.agent) if s.agent else generate(s.cluster, chunk, sampling)
-                with t("reward"):
-                    result = agent_rewards(samples, s.agent.faults) if s.agent else score(s.cluster, s.tokenizer, chunk, samples, n)
-                batch.add_round(chunk, samples, result, kept=kept_groups(algo, result.scores, len(chunk)))
-                if not algo.dynamic_filtering.enabled:
-                    break
+            batch = rollouts.next(t)  # collect_rollout, below
             reward = RewardResult.concat(batch.results)
             for warning in reward.warnings:
                 logger.warning("reward: %s", warning)
@@ -171,13 +165,15 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
 
                 # ------------------------------------------------ 7. weight sync
                 with t("weight_sync"):
-                    synced = s.cluster.weight_sync.push()
+                    synced = rollouts.push_weights()
                 s.last_sync = utc_now()
-                check_weight_sync(stats, step)
+                if not rollouts.stale(batch):  # an async batch sampled by an older policy differs by design
+                    check_weight_sync(stats, step)
 
                 row.update(update_metrics(batch.samples, kl_metric(kl, passes.action_mask, stats, algo.kl.coef),
                                           adv, stats))
                 row.update(synced.metrics())  # weight_sync/backend and weight_sync/bytes
+                row.update(rollouts.metrics())  # async/* (algorithm.async)
             else:
                 s.reporter.message(f"step {step + 1}: no prompt group passed dynamic filtering "
                                   "or every group had a reward fault; nothing to train on")
@@ -200,6 +196,25 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
 
 
 # --------------------------------------------------------------------------- the steps of the loop
+
+
+def collect_rollout(s: Session, t: Timer) -> Rollout:
+    """Steps 1-3: generate and score rounds of prompts until ``rolloutBatchSize`` groups pass dynamic filtering."""
+    spec = s.spec
+    algo, n, rollout_size = spec.algorithm, spec.algorithm.n_samples_per_prompt, spec.training.rollout_batch_size
+    batch = Rollout(n, skip_faulted=(spec.agent or spec.reward).on_error == "skip",
+                    whole_groups=algo.advantage_estimator in GROUP_ESTIMATORS)
+    while batch.groups < rollout_size and not s.prompts.exhausted:  # filtering refills from the data
+        sampling = s.round_sampling()  # seeded by the data position, so a resumed run samples the same
+        chunk = s.prompts.take(rollout_size - batch.groups)
+        with t("generate"):
+            samples = s.agent.rollout(chunk, n, spec.agent) if s.agent else generate(s.cluster, chunk, sampling)
+        with t("reward"):
+            result = agent_rewards(samples, s.agent.faults) if s.agent else score(s.cluster, s.tokenizer, chunk, samples, n)
+        batch.add_round(chunk, samples, result, kept=kept_groups(algo, result.scores, len(chunk)))
+        if not algo.dynamic_filtering.enabled:
+            break
+    return batch
 
 
 def kept_groups(algo, scores: torch.Tensor, groups: int) -> Sequence[int]:

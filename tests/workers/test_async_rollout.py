@@ -1,0 +1,143 @@
+"""algorithm.async: the bounded queue of batches running ahead of the trainers, its staleness
+bookkeeping, and a whole asynchronous job in the distributed placement."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from e2e import QUICKSTART, metrics
+from support.jobs import merge, runnable_spec, write_job
+
+from rlhf_workers.async_rollout import AsyncRollouts
+from rlhf_workers.step_metrics import Timer
+from rlhf_workers.weight_sync import SyncReport
+
+
+class Prompts:
+    def __init__(self, batches: int):
+        self.left = batches
+
+    @property
+    def exhausted(self) -> bool:
+        return self.left <= 0
+
+
+class CountingSync:
+    """The weight push as the queue sees it: records which batches were being generated during each push."""
+
+    def __init__(self, generating: threading.Event):
+        self.generating = generating
+        self.overlaps = 0
+        self.pushes = 0
+
+    def push(self) -> SyncReport:
+        self.overlaps += self.generating.is_set()
+        self.pushes += 1
+        return SyncReport("gloo", 1, 0.0)
+
+
+def _session(batches: int):
+    generating = threading.Event()
+    session = SimpleNamespace(prompts=Prompts(batches), rollout_lock=threading.Lock(),
+                              cluster=SimpleNamespace(weight_sync=CountingSync(generating)))
+
+    def collect(s, t):
+        generating.set()
+        with t("generate"):
+            time.sleep(0.02)
+        s.prompts.left -= 1
+        generating.clear()
+        return SimpleNamespace(index=batches - s.prompts.left)
+
+    return session, collect
+
+
+def test_batches_run_at_most_max_staleness_ahead_and_never_overlap_a_push():
+    session, collect = _session(batches=6)
+    source = AsyncRollouts(session, collect, max_staleness=2)
+    try:
+        taken, staleness = [], []
+        while source.more():
+            t = Timer()
+            taken.append(source.next(t).index)
+            assert t.seconds["generate"] > 0  # the thread's timings reach the step's row
+            time.sleep(0.05)  # "training": the thread fills the queue meanwhile
+            source.push_weights()
+            row = source.metrics()
+            staleness.append(row["async/staleness_mean"])
+            assert row["async/queue_depth"] <= 2 and row["async/dropped"] == 0
+    finally:
+        source.close()
+    assert taken == [1, 2, 3, 4, 5, 6]
+    assert max(staleness) <= 2 and max(staleness) >= 1  # it did run ahead, within the bound
+    assert session.cluster.weight_sync.overlaps == 0  # no push while a batch was being sampled
+
+
+def test_a_batch_older_than_max_staleness_is_dropped_and_counted():
+    session, collect = _session(batches=2)
+    source = AsyncRollouts(session, collect, max_staleness=1)
+    try:
+        assert source.more()
+        source.push_weights()
+        source.push_weights()  # the ready batch is now two versions old
+        batch = source.next(Timer())
+        assert batch.index == 2 and source.metrics()["async/dropped"] == 1
+    finally:
+        source.close()
+
+
+def test_an_error_in_the_rollout_thread_reaches_the_loop():
+    session, _ = _session(batches=3)
+
+    def broken(s, t):
+        raise ValueError("reward server down")
+
+    source = AsyncRollouts(session, broken, max_staleness=1)
+    try:
+        assert source.more()
+        with pytest.raises(ValueError, match="reward server down"):
+            source.next(Timer())
+    finally:
+        source.close()
+
+
+# --------------------------------------------------------------------------- a whole job
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from rlhf_workers.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.mark.slow
+def test_async_job_in_the_distributed_placement_trains_one_version_behind(ray_cluster, tiny, tmp_path):
+    """placement auto + async: the job runs distributed, every step trains a batch sampled at most
+    maxStaleness versions earlier, the weights travel over gloo, nothing is dropped."""
+    from rlhf_workers.local import run_local
+
+    job = write_job(tmp_path, merge(runnable_spec(tiny, QUICKSTART / "prompts.jsonl", QUICKSTART / "reward_func.py"), {
+        "algorithm": {"async": {"enabled": True, "maxStaleness": 1}}, "rollout": {"backend": "vllm"},
+        "cluster": {"placement": "auto"}, "training": {"maxSteps": 4, "learningRate": 1e-2}}))
+    assert run_local(str(job), str(tmp_path / "out"), quiet=True) == 0
+    rows = metrics(tmp_path / "out")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert {r["weight_sync/backend"] for r in rows} == {"gloo"}
+    assert all(0 <= r["async/staleness_mean"] <= 1 and r["async/dropped"] == 0 for r in rows)
+    assert any(r["async/staleness_mean"] == 1 for r in rows)  # generation did run ahead of training
+    for key in ("async/queue_depth", "async/trainer_wait_s", "async/push_wait_s", "async/rollout_wait_s"):
+        assert all(key in r for r in rows), key
