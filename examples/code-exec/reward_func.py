@@ -1,50 +1,54 @@
-"""Reward generated Python code by running the tests that come with each prompt.
+"""Reward generated Python code by running the tests that come with each prompt, on the sandbox API.
 
 The label of each sample holds pytest test functions; the response is the candidate
-implementation. Both go into one file, pytest runs it in a subprocess with a timeout,
-and the outcome becomes the reward:
+implementation. Both go into one file that pytest runs through ``rlhf_workers.sandbox.run``:
+a fresh directory per run, its own timeout (the whole process group is killed at it) and
+limits of its own (CPU, memory, processes, file size, bounded output). In training the reward
+already runs in the job's sandbox, so the programs it starts also have no network and cannot
+write outside scratch.
 
-    all tests pass   1.0        some fail   0.3
-    nothing ran      0.0        timeout    -0.5        crash/syntax error   -1.0
+How the run ended becomes the reward (the seed's code-generation example):
+
+    all tests pass   1.0        some fail   0.3        nothing ran   0.0
+    timeout         -0.5        crash (syntax error, killed by a limit or a signal)   -1.0
 """
 
-import os
-import subprocess
 import sys
-import tempfile
 
 import torch
 
-TIMEOUT_S = 10
+from rlhf_workers.sandbox.limits import Limits
+from rlhf_workers.sandbox.run import run_command
+
+TIMEOUT_S = 5
+LIMITS = Limits(cpu_seconds=TIMEOUT_S, memory_mb=1024, max_processes=32, file_size_mb=8, output_kb=32)
 
 
-def _outcome(code: str, tests: str) -> float:
-    with tempfile.TemporaryDirectory() as workdir:
-        path = os.path.join(workdir, "test_candidate.py")
-        with open(path, "w") as handle:
-            handle.write(code + "\n\n" + (tests or "") + "\n")
-        try:
-            run = subprocess.run(
-                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path],
-                capture_output=True, text=True, timeout=TIMEOUT_S, cwd=workdir,
-            )
-        except subprocess.TimeoutExpired:
-            return -0.5
+def outcome_reward(code: str, tests: str) -> float:
+    if not code.strip():
+        return 0.0  # nothing to run
+    run = run_command([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_candidate.py"],
+                      timeout=TIMEOUT_S, limits=LIMITS, files={"test_candidate.py": code + "\n\n" + (tests or "") + "\n"},
+                      env={"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})  # plain pytest: starts in a fraction of a second
+    if run.status == "timeout":
+        return -0.5
+    if run.status != "exited":
+        return -1.0  # killed by a limit or a signal, or could not start
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
-    if run.returncode == 0 and "passed" in summary:
+    if "error" in summary:
+        return -1.0  # the candidate does not even import (syntax error, crash at import)
+    if "failed" in summary:
+        return 0.3
+    if "passed" in summary:
         return 1.0
-    if "passed" in summary or "failed" in summary:
-        return 0.3 if "passed" in summary else 0.0
-    if "error" in summary.lower():
-        return -1.0
-    return 0.0
+    return 0.0  # no test ran
 
 
 def reward_func(queries, prompts, labels):
     rewards = []
     for query, prompt, tests in zip(queries, prompts, labels):
         response = query[len(prompt):] if query.startswith(prompt) else query.split(prompt)[-1]
-        rewards.append(_outcome(response.strip(), tests))
+        rewards.append(outcome_reward(response.strip(), tests))
     rewards = torch.tensor(rewards, dtype=torch.float32)
     return {
         "rewards": rewards,

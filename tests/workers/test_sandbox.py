@@ -319,3 +319,44 @@ def test_a_reward_failing_at_import_is_a_load_error_naming_the_file(shared_dir):
     with pytest.raises(RewardLoadError) as info:
         SandboxedFunctionReward(path, timeout=30)
     assert path in str(info.value) and "No module named 'not_a_module'" in str(info.value)
+
+
+# --------------------------------------------------------------------------- the sandbox API for generated code
+
+TESTS = "def test_add():\n    assert add(2, 3) == 5\n\ndef test_add_zero():\n    assert add(0, 0) == 0\n"
+PROGRAMS = {  # response -> the seed's reward for it
+    "def add(a, b):\n    return a + b": 1.0,  # all tests pass
+    "def add(a, b):\n    return a * b + 0 if a else 0": 0.3,  # some fail
+    "": 0.0,  # no code: nothing ran
+    "import time\ntime.sleep(60)\ndef add(a, b):\n    return a + b": -0.5,  # timeout
+    "def add(a, b) return a + b": -1.0,  # syntax error
+    "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)": -1.0,  # a crash
+}
+
+
+def test_run_python_says_how_each_run_ended():
+    from rlhf_workers.sandbox.run import run_python
+
+    limits = Limits(cpu_seconds=2, memory_mb=512, max_processes=32, file_size_mb=1, output_kb=1)
+    assert run_python("print('hi')", limits=limits).ok
+    assert (r := run_python("import sys; sys.exit(3)", limits=limits)).status == "exited" and r.exit_code == 3
+    assert run_python("import time; time.sleep(60)", timeout=1, limits=limits).status == "timeout"
+    assert run_python("while True: pass", timeout=30, limits=limits).signal == "SIGXCPU"  # its own CPU limit
+    assert "MemoryError" in run_python("x = bytearray(1 << 30)", limits=limits).stderr
+    big = run_python("print('y' * 100000)", limits=limits)
+    assert big.ok and len(big.stdout) == 1024 and big.truncated
+
+
+def test_the_code_exec_example_keeps_the_seed_semantics_in_the_sandbox(shared_dir):
+    from rlhf_workers.reward import SandboxedFunctionReward
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "code-exec" / "reward_func.py"
+    path = _reward(shared_dir, example.read_text())
+    prompt = "Write add(a, b).\n"
+    reward = SandboxedFunctionReward(path, parallelism=2, timeout=60)
+    try:
+        result = reward.score([prompt + p for p in PROGRAMS], [prompt] * len(PROGRAMS), [TESTS] * len(PROGRAMS))
+    finally:
+        reward.close()
+    assert not result.faults
+    assert result.rewards.tolist() == pytest.approx(list(PROGRAMS.values()))

@@ -15,5 +15,7 @@ from __future__ import annotations
 
 from .limits import Limits
 from .pool import Outcome, SandboxPool, SandboxStartError, available_cores
+from .run import RunResult, run_command, run_python
 
-__all__ = ["Limits", "SandboxPool", "Outcome", "SandboxStartError", "available_cores"]
+__all__ = ["Limits", "SandboxPool", "Outcome", "SandboxStartError", "available_cores", "RunResult", "run_command",
+           "run_python"]

@@ -1,0 +1,163 @@
+"""Run generated code with limits of its own: :func:`run_python` and :func:`run_command`.
+
+For rewards that execute model-written programs (the seed's code-generation example): each run
+gets a fresh directory, its own wall-clock timeout (the whole process group is killed at it), its
+own rlimits (tighter than the reward's, never looser: an unprivileged process cannot raise a hard
+limit), bounded stdout/stderr, and comes back as a :class:`RunResult` saying how it ended. Inside
+a training job the reward itself already runs in the sandbox, so what it starts also has no
+network and a read-only file system outside scratch (those walls are inherited); called
+elsewhere, only the limits and the timeout apply.
+
+The limits are set by a tiny launcher (``python -S -c``, no imports beyond ``resource``) between
+fork and exec, because ``preexec_fn`` is unsafe in a process with threads.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
+
+from .limits import Limits, sandbox_env
+
+__all__ = ["RunResult", "run_command", "run_python"]
+
+_LAUNCHER = (
+    "import os, resource, sys\n"
+    "for name, soft, hard in eval(sys.argv[1]):\n"
+    "    which = getattr(resource, name)\n"
+    "    ceiling = resource.getrlimit(which)[1]\n"
+    "    if ceiling != resource.RLIM_INFINITY:\n"
+    "        soft, hard = min(soft, ceiling), min(hard, ceiling)\n"
+    "    resource.setrlimit(which, (soft, hard))\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+@dataclass
+class RunResult:
+    """How a run ended.
+
+    Attributes:
+        status: ``exited`` (any exit code), ``timeout`` (killed at the timeout), ``killed`` (ended by a
+            signal: a limit or a crash) or ``error`` (could not be started).
+        exit_code: the exit code when it exited.
+        signal: the signal's name when it was killed (``SIGKILL``, ``SIGXCPU``, ``SIGSEGV`` ...).
+        stdout, stderr: what it printed, each cut to ``Limits.output_kb`` (the rest is dropped).
+        reason: the same in words, for logs and messages.
+        seconds: wall-clock time.
+    """
+
+    status: str
+    exit_code: Optional[int] = None
+    signal: Optional[str] = None
+    stdout: str = ""
+    stderr: str = ""
+    reason: str = ""
+    seconds: float = 0.0
+    truncated: bool = field(default=False, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """Exited with code 0."""
+        return self.status == "exited" and self.exit_code == 0
+
+
+def _rlimits(limits: Limits, timeout: float) -> list[tuple[str, int, int]]:
+    """(name, soft, hard) per limit; CPU gets a second of grace so the program sees SIGXCPU, not SIGKILL."""
+    mb = 1024 * 1024
+    cpu = int(limits.cpu_seconds) + 1 if limits.cpu_seconds else int(timeout) + 2
+    triples = [("RLIMIT_CPU", cpu, cpu + 1), ("RLIMIT_CORE", 0, 0)]
+    for name, value in (("RLIMIT_AS", limits.memory_mb * mb), ("RLIMIT_NPROC", limits.max_processes),
+                        ("RLIMIT_FSIZE", limits.file_size_mb * mb), ("RLIMIT_NOFILE", limits.open_files)):
+        if value:
+            triples.append((name, int(value), int(value)))
+    return triples
+
+
+def _drain(stream, limit: int, out: list) -> None:
+    kept, dropped = bytearray(), 0
+    for chunk in iter(lambda: stream.read1(65536), b""):
+        room = limit - len(kept)
+        kept += chunk[:max(0, room)]
+        dropped += max(0, len(chunk) - max(0, room))
+    out.append((kept.decode(errors="replace"), dropped))
+
+
+def run_command(argv: Sequence[str], *, timeout: float = 10.0, limits: Optional[Limits] = None,
+                cwd: Optional[str] = None, input: Optional[str] = None, files: Optional[Mapping[str, str]] = None,
+                env: Optional[Mapping[str, str]] = None) -> RunResult:
+    """Run ``argv`` with ``limits`` and a ``timeout``; never raises for what the program does.
+
+    ``files`` (name -> text) are written into the run's fresh directory (``cwd`` when given,
+    else a temporary one removed afterwards). ``env`` adds variables to the stripped environment.
+    """
+    limits = limits or Limits(cpu_seconds=timeout, memory_mb=1024, max_processes=64, file_size_mb=16, output_kb=64)
+    with tempfile.TemporaryDirectory(prefix="rlhf-run-") as scratch:
+        workdir = cwd or scratch
+        for name, text in (files or {}).items():
+            path = os.path.join(workdir, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(text)
+        launcher = [sys.executable, "-S", "-c", _LAUNCHER, repr(_rlimits(limits, timeout)), *argv]
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(launcher, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir,
+                                    env=sandbox_env(workdir, extra=env), start_new_session=True)
+        except OSError as exc:
+            return RunResult("error", reason=f"could not start {argv[0]!r}: {exc}")
+        return _wait(proc, input, timeout, limits.output_kb * 1024, started)
+
+
+def _wait(proc: subprocess.Popen, input: Optional[str], timeout: float, limit: int, started: float) -> RunResult:
+    outs: list = []
+    errs: list = []
+    readers = [threading.Thread(target=_drain, args=(proc.stdout, limit, outs), daemon=True),
+               threading.Thread(target=_drain, args=(proc.stderr, limit, errs), daemon=True)]
+    for r in readers:
+        r.start()
+    if input is not None:
+        try:
+            proc.stdin.write(input.encode())
+            proc.stdin.close()
+        except OSError:
+            pass
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    try:  # the whole group: what the program started goes too
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    for r in readers:
+        r.join(timeout=5)
+    (stdout, out_dropped), (stderr, err_dropped) = (outs or [("", 0)])[0], (errs or [("", 0)])[0]
+    result = RunResult("exited", stdout=stdout, stderr=stderr, seconds=time.monotonic() - started,
+                       truncated=bool(out_dropped or err_dropped))
+    code = proc.returncode
+    if timed_out:
+        result.status, result.reason = "timeout", f"did not end within {timeout:g}s and was killed"
+    elif code is not None and code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        result.status, result.signal, result.reason = "killed", name, f"killed by {name}"
+    else:
+        result.exit_code, result.reason = code, f"exit code {code}"
+    return result
+
+
+def run_python(code: str, *, timeout: float = 10.0, limits: Optional[Limits] = None, args: Sequence[str] = (),
+               files: Optional[Mapping[str, str]] = None, input: Optional[str] = None) -> RunResult:
+    """Run a Python snippet (saved as ``main.py`` in the run's directory, next to ``files``) with this Python."""
+    return run_command([sys.executable, "main.py", *args], timeout=timeout, limits=limits, input=input,
+                       files={**(files or {}), "main.py": code})
