@@ -355,8 +355,8 @@ def code_check_failed_status(current: dict[str, Any], error: str, generation: Op
                              now: Optional[str] = None) -> dict[str, Any]:
     """Failed/RewardCheckFailed: the code failed its check, quoted; no RayJob was created."""
     now = now or now_rfc3339()
-    message = (f"the reward/agent code failed its check before any GPU was taken, so no RayJob was created: {error};"
-               " fix the code and re-create the RLHFJob (spec.preflight: false skips the check)")
+    message = (f"the check of the reward/agent code failed before any GPU was taken, so no RayJob was created:"
+               f" {error}; fix it and re-create the RLHFJob (spec.preflight: false skips the check)")
     verdict = Verdict(Phase.Failed.value, REWARD_CHECK_FAILED, message)
     conditions = set_condition(list(current.get("conditions") or []), REWARD_CHECK_FAILED, True, REWARD_CHECK_FAILED,
                                message, generation, now)

@@ -113,7 +113,7 @@ def sample_rows(spec, rows: int = ROWS) -> list[tuple[str, Any]]:
     from .data import DataError, read_records
 
     data = spec.data
-    records = read_records(data.prompts, data.split)[:rows]
+    records = read_records(data.prompts, data.split, config=getattr(data, "config", None))[:rows]
     if not records:
         raise DataError(f"data.prompts: {data.prompts} holds no records")
     picked = []

@@ -286,8 +286,11 @@ def check_code_first(config) -> int:
             outcome = {"ok": False, "message": (done.stderr or done.stdout).strip()[-2000:] or f"exit {done.returncode}"}
     if done.returncode == 0 and outcome.get("ok"):
         return 0
-    _err(f"the reward/agent code failed its check before Ray was started: {outcome.get('message')}; fix the code"
-         " (spec.preflight: false skips this check)")
+    if done.returncode == 2:  # the check could not run: the job's data or config is unusable
+        _err(f"could not check the reward/agent code before starting Ray: {outcome.get('message')}")
+    else:
+        _err(f"the reward/agent code failed its check before Ray was started: {outcome.get('message')}; fix the"
+             " code (spec.preflight: false skips this check)")
     return 2
 
 
