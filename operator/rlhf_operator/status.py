@@ -242,6 +242,12 @@ def mirror(current: dict[str, Any], rayjob: dict[str, Any], generation: Optional
     elif current.get("message") != verdict.message:
         status["message"] = verdict.message
     conditions = phase_conditions(list(current.get("conditions") or []), verdict, generation, now)
+    faults = get_condition(conditions, REWARD_FAULTS)
+    if verdict.phase == Phase.Retrying.value and faults is not None and faults.get("status") == "True":
+        # KubeRay starts a new attempt: the condition speaks of the attempt that ended
+        conditions = set_condition(conditions, REWARD_FAULTS, False, "NewAttempt",
+                                   f"the attempt that stopped on reward faults is being retried ({faults.get('message')})",
+                                   generation, now)
     if conditions != (current.get("conditions") or []):
         status["conditions"] = conditions
     # attempts never decreases (KubeRay resets its counters' context on suspend and retries).

@@ -77,3 +77,21 @@ def test_a_status_with_reward_faults_is_valid_for_the_model_and_the_crd():
            "spec": {"model": {"path": "/m"}, "data": {"prompts": "/p.jsonl"},
                     "reward": {"remote": {"url": "http://rm/score"}}}, "status": status}
     assert crd_errors(job, CRD, "v1alpha1") == []
+
+
+def test_a_retried_attempt_clears_the_condition_so_a_later_failure_keeps_its_own_reason():
+    conditions, _ = st.reward_faults_update(running(), failed_report(), 1)
+    retrying = {"metadata": {"name": "demo"}, "spec": {"backoffLimit": 2},
+                "status": {"jobDeploymentStatus": "Retrying", "jobStatus": "FAILED", "reason": "AppFailed", "failed": 1}}
+    patch = st.mirror(running(conditions), retrying, 1)
+    assert patch.status["phase"] == "Retrying"
+    faults = st.get_condition(patch.status["conditions"], "RewardFaults")
+    assert faults["status"] == "False" and faults["reason"] == "NewAttempt" and QUOTE in faults["message"]
+    oom = {"metadata": {"name": "demo"}, "spec": {},
+           "status": {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "reason": "AppFailed",
+                      "message": "OOMKilled", "failed": 2}}
+    later = st.mirror(running(patch.status["conditions"]), oom, 1)
+    assert later.status["reason"] == "AppFailed" and later.status["message"] == "OOMKilled"
+    # and the next attempt stopping on reward faults sets it again, with a fresh transition
+    again, event = st.reward_faults_update(running(patch.status["conditions"]), failed_report(), 1)
+    assert st.get_condition(again, "RewardFaults")["status"] == "True" and event[1] == "RewardFaults"
