@@ -136,6 +136,12 @@ def test_prometheus_rule_alerts_on_metrics_the_operator_exports():
     assert alerts["RLHFOperatorDown"]["expr"] == \
         f'absent(up{{job="{RELEASE}-metrics", namespace="{NAMESPACE}"}} == 1)'
     assert "$labels.rlhfjob" in alerts["RLHFJobStalled"]["annotations"]["summary"]
+    # Scraped some other way (annotations, a scrape config): the job label is a value.
+    values = {**MONITORING, "metrics": {**MONITORING["metrics"], "prometheusRule": {"enabled": True,
+                                                                                    "operatorJob": "rlhf"}}}
+    [other] = [o for o in rendered(values) if o["kind"] == "PrometheusRule"]
+    down = [r for g in other["spec"]["groups"] for r in g["rules"] if r.get("alert") == "RLHFOperatorDown"]
+    assert down[0]["expr"] == f'absent(up{{job="rlhf", namespace="{NAMESPACE}"}} == 1)'
 
 
 def test_service_monitor_keeps_the_jobs_namespace_label():
