@@ -61,6 +61,7 @@ class _Job:
     conditions: tuple[str, ...] = ()  # the types that are True
     report: Optional[ProgressReport] = None
     heartbeat: Optional[float] = None  # epoch seconds
+    info: tuple[str, str, str] = ("", "", "")  # its RayJob, Ray cluster and Ray dashboard URL
 
 
 class _JobCollector:
@@ -83,6 +84,12 @@ class _JobCollector:
         for (ns, name), job in jobs.items():
             phase.add_metric([ns, name, job.phase], 1)
         yield phase
+        info = GaugeMetricFamily("rlhf_job_info", "1 for each job, labelled with its RayJob, Ray cluster and the"
+                                 " Ray dashboard's URL (status.dashboardURL).",
+                                 labels=[*JOB_LABELS, "rayjob", "ray_cluster", "dashboard_url"])
+        for (ns, name), job in jobs.items():
+            info.add_metric([ns, name, *job.info], 1)
+        yield info
         yield from self._reports(jobs)
         for metric, help_, condition in CONDITION_GAUGES:
             family = GaugeMetricFamily(metric, help_, labels=list(JOB_LABELS))
@@ -154,7 +161,8 @@ class Metrics:
 
     def snapshot(self) -> dict[tuple[str, str], _Job]:
         with self._lock:
-            return {key: _Job(job.phase, job.conditions, job.report, job.heartbeat) for key, job in self._jobs.items()}
+            return {key: _Job(job.phase, job.conditions, job.report, job.heartbeat, job.info)
+                    for key, job in self._jobs.items()}
 
     # ------------------------------------------------------------------ writes
 
@@ -165,6 +173,8 @@ class Metrics:
             job = self._jobs.setdefault((namespace, name), _Job())
             job.phase = status.get("phase") or Phase.Pending.value
             job.conditions = true
+            job.info = (status.get("rayJobName") or "", status.get("rayClusterName") or "",
+                        status.get("dashboardURL") or "")
 
     def note_report(self, namespace: str, name: str, report: ProgressReport) -> None:
         """What a running job's driver last reported."""

@@ -77,7 +77,8 @@ def exported_names() -> set[str]:
     """Every sample name the operator's registry exposes once it has seen a job, a progress report,
     a handler run and an API error: scraped as Prometheus would, with its parser."""
     metrics = Metrics()
-    metrics.note_job("team-a", "demo", {"phase": "Running", "conditions": [{"type": "Stalled", "status": "True"}]})
+    metrics.note_job("team-a", "demo", {"phase": "Running", "conditions": [{"type": "Stalled", "status": "True"}],
+                                        "rayJobName": "demo", "dashboardURL": "demo-head-svc.team-a.svc:8265"})
     metrics.note_report("team-a", "demo", ProgressReport(step=3, total_steps=9, reward_mean=0.5, score_mean=0.4,
                                                          kl=0.01, reward_error_rate=0.2, heartbeat="2026-01-01T00:00:00Z"))
     metrics.timed("launch", lambda **_: None)()
@@ -109,7 +110,8 @@ def test_dashboard_configmap_carries_grafanas_label_and_a_dashboard_on_exported_
     exprs += [re.fullmatch(r"label_values\((.*),\s*\w+\)", v["query"]).group(1)
               for v in dashboard["templating"]["list"] if v["type"] == "query"]
     used = set().union(*(metric_names(e) for e in exprs))
-    assert {"rlhf_job_step", "rlhf_job_reward_mean", "rlhf_job_kl", "rlhf_job_heartbeat_age_seconds"} <= used
+    assert {"rlhf_job_step", "rlhf_job_reward_mean", "rlhf_job_kl", "rlhf_job_heartbeat_age_seconds",
+            "rlhf_job_info"} <= used
     assert used - PROMETHEUS_OWN <= exported_names(), used - PROMETHEUS_OWN - exported_names()
 
 

@@ -43,7 +43,8 @@ def test_metrics_follow_a_running_job_and_forget_it_when_deleted(kube, operator,
     kube.wait_for(lambda: kube.get(RAYJOBS, "demo", NS), timeout=15)
     progress_server.report = {"state": "training", "step": 7, "totalSteps": 20, "rewardMean": 0.42, "scoreMean": 0.5,
                               "kl": 0.013, "rewardErrorRate": 0.25, "heartbeat": beat()}
-    kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING", rayClusterName="demo-abc")
+    kuberay(kube, jobDeploymentStatus="Running", jobStatus="RUNNING", rayClusterName="demo-abc",
+            dashboardURL="demo-abc-head-svc.team-a.svc:8265")
 
     families = kube.wait_for(lambda: (lambda f: f if value(f, "rlhf_job_step", **JOB) == 7 else None)(scrape(port)))
     # prometheus-client's own collectors: the process and the interpreter.
@@ -52,6 +53,9 @@ def test_metrics_follow_a_running_job_and_forget_it_when_deleted(kube, operator,
     assert families["rlhf_jobs"].type == "gauge"
     assert value(families, "rlhf_jobs", phase="Running") == 1 and value(families, "rlhf_jobs", phase="Failed") == 0
     assert value(families, "rlhf_job_phase", phase="Running", **JOB) == 1
+    # The job's RayJob and Ray cluster, and the dashboard URL KubeRay reported, for the dashboard's table.
+    assert value(families, "rlhf_job_info", rayjob="demo", ray_cluster="demo-abc",
+                 dashboard_url="demo-abc-head-svc.team-a.svc:8265", **JOB) == 1
     assert value(families, "rlhf_job_total_steps", **JOB) == 20
     assert value(families, "rlhf_job_reward_mean", **JOB) == 0.42
     assert value(families, "rlhf_job_score_mean", **JOB) == 0.5
