@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -141,3 +142,38 @@ def test_async_job_in_the_distributed_placement_trains_one_version_behind(ray_cl
     assert any(r["async/staleness_mean"] == 1 for r in rows)  # generation did run ahead of training
     for key in ("async/queue_depth", "async/trainer_wait_s", "async/push_wait_s", "async/rollout_wait_s"):
         assert all(key in r for r in rows), key
+
+
+SEED = Path("/work/shared/seed/custom-reward-functions.md")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SEED.is_file(), reason=f"{SEED} not present")
+def test_async_job_with_the_seed_math_agent(ray_cluster, tiny, tmp_path):
+    """Agents run their multi-step episodes in the rollout thread (asyncio in that thread), one
+    policy per batch: every step's episodes ran 3 turns and the queue bookkeeping is reported."""
+    import json
+    import re
+
+    import yaml
+
+    from rlhf_workers.local import run_local
+
+    blocks = re.findall(r"```python\n(.*?)```", SEED.read_text(encoding="utf-8"), flags=re.S)
+    (tmp_path / "agent_func.py").write_text(
+        next(b for b in blocks if b.strip().splitlines()[0].strip() == "# agent_func_math.py"))
+    prompts = tmp_path / "math.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Question: {a}+{b}?\nAnswer:", "target": str(a + b)}) + "\n"
+                               for a in range(3) for b in range(3)))
+    spec = merge(runnable_spec(tiny, prompts, QUICKSTART / "reward_func.py"), {
+        "agent": {"path": str(tmp_path / "agent_func.py"), "maxSteps": 3},
+        "algorithm": {"async": {"enabled": True}}, "rollout": {"backend": "vllm", "promptMaxLen": 256},
+        "cluster": {"placement": "distributed"}, "training": {"maxSteps": 3}})
+    del spec["reward"]
+    job = write_job(tmp_path, spec)
+    assert run_local(str(job), str(tmp_path / "out"), quiet=True) == 0, yaml.safe_dump(spec)
+    rows = metrics(tmp_path / "out")
+    assert len(rows) == 3
+    for r in rows:
+        assert r["extra/attempts"] == pytest.approx(3.0) and r["samples"] == 2 * r["filter/groups_generated"], r
+        assert r["async/staleness_mean"] <= 1 and r["async/dropped"] == 0
