@@ -126,9 +126,19 @@ def test_an_agent_gets_reset_and_one_step(tmp_path):
     assert code == 1 and "without environment_feedback" in verdict["message"]
 
 
-def test_unreadable_data_cannot_be_checked(tmp_path):
+def test_data_unreadable_here_still_checks_the_code_on_placeholder_rows(tmp_path):
     code, verdict, _ = run(tmp_path, GOOD, data=[{"prompt": "no question key"}])
-    assert code == 2 and "data.inputKey" in verdict["message"]
+    assert code == 0 and "placeholder rows" in verdict["message"] and "data.inputKey" in verdict["message"]
+    (tmp_path / "bad").mkdir()
+    code, verdict, _ = run(tmp_path / "bad", RAISES_ON_A_ROW.replace('l == "6"', "True"), data=[{"prompt": "x"}])
+    assert code == 1 and "cannot grade" in verdict["message"] and "placeholder rows" in verdict["message"]
+
+
+def test_an_unreadable_config_cannot_be_checked(tmp_path):
+    (tmp_path / "worker.json").write_text("{not json")
+    done = subprocess.run([sys.executable, "-m", "rlhf_workers", "--check-code", "--config", str(tmp_path / "worker.json"),
+                           "--result-file", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "cannot read the worker config" in json.loads((tmp_path / "out.json").read_text())["message"]
 
 
 @pytest.mark.slow
