@@ -233,6 +233,9 @@ class _Converter:
                 self.lose("remote_rm_url", f"one reward per job; used {first}, not {', '.join(more)}")
             reward = ({"remote": {"url": first}} if re.match(r"^https?://", first)
                       else {"function": self._code_source(first, "reward")})
+            if re.match(r"^https?://(localhost|127\.[0-9.]+|\[::1\]|0\.0\.0\.0)([:/]|$)", first):
+                self.out.notes.append(f"spec.reward.remote.url: {first} is this machine; in the job's pods it is the"
+                                      " pod itself: give the reward server's Service address")
             if model:
                 self.ignore("reward_pretrain", "OpenRLHF scores with --remote_rm_url when both are given")
         elif model:

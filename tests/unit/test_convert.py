@@ -409,3 +409,10 @@ def test_a_command_with_pre_0_10_flags_gets_that_releases_defaults(workdir, caps
     assert code == 0 and spec["training"]["microBatchSize"] == 4 and spec["training"]["bf16"] is True
     assert (spec["rollout"]["promptMaxLen"], spec["rollout"]["maxNewTokens"]) == (512, 256)
     assert "is a flag of OpenRLHF before 0.10" in err
+
+
+def test_a_localhost_reward_server_gets_a_note_that_pods_cannot_reach_it(workdir, capsys, monkeypatch):
+    code, out, err = run(capsys, monkeypatch, "convert", "--", "python3", "-m", "openrlhf.cli.train_ppo_ray",
+                         "--pretrain", "/m", "--prompt_data", "/p.jsonl", "--remote_rm_url", "http://127.0.0.1:5000/get_reward")
+    assert code == 0 and yaml.safe_load(out)["spec"]["reward"]["remote"]["url"] == "http://127.0.0.1:5000/get_reward"
+    assert "http://127.0.0.1:5000/get_reward is this machine" in err
