@@ -345,6 +345,17 @@ def test_run_python_says_how_each_run_ended():
     assert "MemoryError" in run_python("x = bytearray(1 << 30)", limits=limits).stderr
     big = run_python("print('y' * 100000)", limits=limits)
     assert big.ok and len(big.stdout) == 1024 and big.truncated
+    import threading
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()  # a caller with threads: the limits come from the launcher, not preexec_fn
+    try:
+        assert "MemoryError" in run_python("x = bytearray(1 << 30)", limits=limits).stderr
+        assert run_python("while True: pass", timeout=30, limits=limits).signal == "SIGXCPU"
+    finally:
+        stop.set()
+        other.join()
 
 
 def test_the_code_exec_example_keeps_the_seed_semantics_in_the_sandbox(shared_dir):

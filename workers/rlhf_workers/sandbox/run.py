@@ -8,12 +8,14 @@ a training job the reward itself already runs in the sandbox, so what it starts 
 network and a read-only file system outside scratch (those walls are inherited); called
 elsewhere, only the limits and the timeout apply.
 
-The limits are set by a tiny launcher (``python -S -c``, no imports beyond ``resource``) between
-fork and exec, because ``preexec_fn`` is unsafe in a process with threads.
+The limits are set between fork and exec: by ``preexec_fn`` when the caller is single-threaded
+(a sandboxed reward is), else by a tiny launcher (``python -S -c``, no imports beyond
+``resource``) that execs the program, because ``preexec_fn`` is unsafe in a process with threads.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -81,6 +83,18 @@ def _rlimits(limits: Limits, timeout: float) -> list[tuple[str, int, int]]:
     return triples
 
 
+def _apply(triples: list[tuple[str, int, int]]) -> None:
+    """In the forked child, before exec: the limits (never above the hard limits the caller has)."""
+    import resource
+
+    for name, soft, hard in triples:
+        which = getattr(resource, name)
+        ceiling = resource.getrlimit(which)[1]
+        if ceiling != resource.RLIM_INFINITY:
+            soft, hard = min(soft, ceiling), min(hard, ceiling)
+        resource.setrlimit(which, (soft, hard))
+
+
 def _drain(stream, limit: int, out: list) -> None:
     kept, dropped = bytearray(), 0
     for chunk in iter(lambda: stream.read1(65536), b""):
@@ -106,10 +120,14 @@ def run_command(argv: Sequence[str], *, timeout: float = 10.0, limits: Optional[
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w") as f:
                 f.write(text)
-        launcher = [sys.executable, "-S", "-c", _LAUNCHER, repr(_rlimits(limits, timeout)), *argv]
+        triples = _rlimits(limits, timeout)
+        if threading.active_count() == 1:
+            command, preexec = list(argv), functools.partial(_apply, triples)
+        else:
+            command, preexec = [sys.executable, "-S", "-c", _LAUNCHER, repr(triples), *argv], None
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(launcher, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            proc = subprocess.Popen(command, preexec_fn=preexec, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir,
                                     env=sandbox_env(workdir, extra=env), start_new_session=True)
         except OSError as exc:
