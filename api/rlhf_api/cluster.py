@@ -287,6 +287,10 @@ class ClusterSpec(SpecModel):
     service_account_name: Annotated[Optional[str], Field(default=None, description="Service account the Ray pods run as (workload identity); default: the namespace's default.",
                                                          json_schema_extra=OBJECT_NAME)] = None
     automount_service_account_token: Annotated[bool, Field(default=False, description="Mount the service account's API token into the Ray pods (user code can read it).")] = False
+    reward_runtime_class_name: Annotated[Optional[str], Field(default=None, description=(
+        "RuntimeClass (e.g. gvisor) of the head pod, where the driver runs the agent and the reward workers run the"
+        " reward code: a second kernel between user code and the node (see docs/rewards.md)."),
+        json_schema_extra=OBJECT_NAME)] = None
     volumes: Annotated[list[ExtraVolume], Field(default_factory=list, description="Extra volumes for every pod.")]
     priority_class_name: Annotated[Optional[str], Field(default=None, description="Pod priority class.")] = None
     network_policy: Annotated[bool, Field(default=False, description=(
@@ -318,6 +322,11 @@ class ClusterSpec(SpecModel):
             if var.name in OPERATOR_ENV:
                 raise ValueError(f"[{i}].name: {var.name} is set by the operator; remove it")
         return env
+
+    @field_validator("reward_runtime_class_name")
+    @classmethod
+    def _runtime_class_is_an_object_name(cls, value: Optional[str]) -> Optional[str]:
+        return value if value is None else _object_name(value)
 
     @field_validator("service_account_name")
     @classmethod

@@ -381,6 +381,8 @@ def _head_template(job: RLHFJob, image: str, snapshot: Snapshot, ports: list[dic
     (within terminationGracePeriodSeconds), before the pod's processes are stopped.
     """
     template = _pod_template(job, "head", job.spec.cluster.head, "ray-head", image, snapshot, ports)
+    if job.spec.cluster.reward_runtime_class_name:  # the reward workers and the agent run on the head
+        template["spec"]["runtimeClassName"] = job.spec.cluster.reward_runtime_class_name
     template["spec"]["containers"][0]["lifecycle"] = {"preStop": {"exec": {"command": [
         "python", "-m", "rlhf_workers", "--stop-driver", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"]}}}
     return template

@@ -47,6 +47,7 @@ WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
 }
+HEAD_NODE = "node:__internal_head__"  #: Ray's resource of the head node (ray._common.constants)
 PLACEMENT_TIMEOUT_S = float(os.environ.get("RLHF_PLACEMENT_TIMEOUT_S", "900"))
 
 
@@ -409,8 +410,9 @@ class Cluster:
         if reward is not None:  # agents score their own episodes
             kind, options = reward
             cluster._reward_actors = [
-                ray.remote(RewardWorker).options(num_cpus=0, runtime_env=env).remote(kind, options,
-                                                                                     spec.reward.model_dump())
+                # on the head: the pod that cluster.rewardRuntimeClassName puts under its RuntimeClass
+                ray.remote(RewardWorker).options(num_cpus=0, runtime_env=env, resources={HEAD_NODE: 0.001}).remote(
+                    kind, options, spec.reward.model_dump())
                 for _ in range(reward_workers)
             ]
         try:

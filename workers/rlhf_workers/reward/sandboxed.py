@@ -14,6 +14,7 @@ Only a reward that cannot be loaded at all raises (:class:`~.errors.RewardLoadEr
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Optional, Sequence
 
@@ -26,6 +27,8 @@ from .faults import RewardFault
 from .result import RewardExecutor, RewardResult
 
 __all__ = ["SandboxedFunctionReward", "GuardedReward", "make_reward_executor", "limits_from_spec"]
+
+logger = logging.getLogger(__name__)
 
 
 def limits_from_spec(sandbox: dict) -> Limits:
@@ -63,6 +66,8 @@ class SandboxedFunctionReward(RewardExecutor):
             self.report = self.pool.start()
         except SandboxStartError as exc:
             raise RewardLoadError(f"{path}: {exc}", source=str(path)) from None
+        logger.info("reward sandbox (%d processes): %s", self.pool.size,
+                    "; ".join(f"{k}: {v}" for k, v in self.report.items()))
 
     def score(self, queries, prompts, labels=None) -> RewardResult:
         labels = check_inputs(queries, prompts, labels)
