@@ -142,6 +142,13 @@ def probe(name, arg):
             return 1.0
         except OSError:
             return 0.0
+    if name == "parent_environ":  # the worker's environment, which holds what the sandbox's is stripped of
+        try:
+            return float("RLHF_SECRET" in open(f"/proc/{os.getppid()}/environ").read())
+        except OSError:
+            return 0.0
+    if name == "own_proc":
+        return float(len(open("/proc/self/status").read()) > 0 and len(open("/proc/cpuinfo").read()) > 0)
     if name == "write_scratch":
         with open("in-scratch.txt", "w") as f:
             f.write("ok")
@@ -187,7 +194,8 @@ from rlhf_workers.sandbox import Limits, SandboxPool
 os.environ.update({"RLHF_SECRET": "s", "AWS_SECRET_ACCESS_KEY": "k", "HF_TOKEN": "t", "WANDB_API_KEY": "w"})
 probes = json.loads(sys.argv[2])
 limits = Limits(memory_mb=1024, max_processes=int(os.environ["PROBE_NPROC"]), file_size_mb=8)
-with SandboxPool({"kind": "reward_func", "path": sys.argv[1]}, size=1, timeout=60, limits=limits) as pool:
+walls = {"network": os.environ.get("PROBE_NETWORK") == "1", "landlock": os.environ.get("PROBE_LANDLOCK", "1") == "1"}
+with SandboxPool({"kind": "reward_func", "path": sys.argv[1]}, size=1, timeout=60, limits=limits, **walls) as pool:
     outcomes = pool.map([([name], [""], [arg]) for name, arg in probes])
     print(json.dumps({"uid": os.getuid(), "report": pool.report,
                       "results": [o.value["rewards"][0] if o.ok else o.status + ": " + str(o.error) for o in outcomes]}))
@@ -204,7 +212,7 @@ def _user_processes(uid: int) -> int:
     return count
 
 
-def _run_as_non_root(directory: Path, probes: list[tuple[str, str]]) -> dict:
+def _run_as_non_root(directory: Path, probes: list[tuple[str, str]], **walls: str) -> dict:
     """Run the probes in a sandbox pool owned by a non-root user; what each managed, and the pool's report."""
     reward = _reward(directory, PROBES, "probes.py")
     driver = _reward(directory, DRIVER, "driver.py")
@@ -219,7 +227,8 @@ def _run_as_non_root(directory: Path, probes: list[tuple[str, str]]) -> dict:
             pytest.skip("tests run as root and setpriv or /usr/bin/python3 is missing: cannot drop to a non-root user")
         uid, python = 1000, "/usr/bin/python3"
         prefix = ["setpriv", "--reuid", "1000", "--regid", "1000", "--clear-groups"]
-    env = {**os.environ, "PROBE_NPROC": str(_user_processes(uid) + 40)}
+    env = {**os.environ, "PROBE_NPROC": str(_user_processes(uid) + 40), "RLHF_SECRET": "in the worker's environ",
+           **{f"PROBE_{k.upper()}": v for k, v in walls.items()}}
     done = subprocess.run(prefix + [python, driver, reward, json.dumps(probes), json.dumps(roots)],
                           capture_output=True, text=True, timeout=300, env=env, cwd=directory)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -268,13 +277,26 @@ def test_the_file_system_is_read_only_outside_scratch_for_a_non_root_user(shared
     secret.write_text("not for the reward")
     secret.chmod(0o644)
     out = _run_as_non_root(shared_dir, [("write", str(outside / "escaped.txt")), ("read", str(secret)),
-                                        ("read", "/etc/hostname")])
+                                        ("read", "/etc/hostname"), ("own_proc", "")])
     fs = out["report"]["filesystem"]
     if not fs.startswith("read-only"):
         pytest.skip(f"Landlock does not hold on this kernel: {fs}")
     assert out["results"][:2] == [0.0, 0.0], fs  # no write outside scratch; files outside the read list unreadable
     assert not (outside / "escaped.txt").exists()
     assert out["results"][2] == 1.0  # system files stay readable
+    assert out["results"][3] == 1.0  # its own /proc/<pid> and /proc/cpuinfo stay readable
+
+
+def test_landlock_alone_keeps_the_workers_environment_in_proc_out_of_reach(shared_dir):
+    """Where no user namespace can be made (a restricted pod), only Landlock stands between the reward
+    and /proc/<worker pid>/environ, which holds the secrets stripped from the reward's environment."""
+    control = _run_as_non_root(shared_dir, [("parent_environ", "")], network="1", landlock="0")
+    assert control["results"] == [1.0]  # the probe does see a leak when nothing stops it
+    out = _run_as_non_root(shared_dir, [("parent_environ", ""), ("own_proc", "")], network="1")
+    fs = out["report"]["filesystem"]
+    if not fs.startswith("read-only"):
+        pytest.skip(f"Landlock does not hold on this kernel: {fs}")
+    assert out["results"] == [0.0, 1.0], fs
 
 
 # --------------------------------------------------------------------------- the reward executor on the pool

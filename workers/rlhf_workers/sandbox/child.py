@@ -26,7 +26,12 @@ from .limits import Limits, apply_rlimits, set_call_cpu_limit
 from .netns import NamespaceError, isolate
 from .values import NotPlain, to_plain
 
-__all__ = ["contain", "main", "ProcessExitCalled"]
+__all__ = ["contain", "main", "ProcessExitCalled", "PROC_READ"]
+
+#: What the sandboxed process may read of /proc: its own directory ("/proc/self" resolves to it when the
+#: rule is made, in this process) and system-wide figures; never another process's (environ holds secrets).
+PROC_READ = ("/proc/self", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/loadavg", "/proc/uptime",
+             "/proc/version", "/proc/filesystems", "/proc/sys/kernel", "/proc/sys/vm")
 
 
 class ProcessExitCalled(BaseException):
@@ -62,7 +67,7 @@ def contain(config: dict) -> dict:
             report["network"] = f"not isolated by a namespace ({exc.strerror or exc})"
     if config.get("landlock", True):
         try:
-            enforced = restrict(config["read_paths"], config["write_paths"])
+            enforced = restrict([*config["read_paths"], *PROC_READ], config["write_paths"])
             report["filesystem"] = f"read-only outside scratch (Landlock ABI {enforced['abi']})"
             if enforced["tcp_blocked"] and not report["network"].startswith("none"):
                 report["network"] = "TCP bind/connect refused by Landlock; UDP and UNIX sockets still open"

@@ -35,7 +35,10 @@ __all__ = ["SandboxPool", "Outcome", "SandboxStartError", "default_read_paths", 
 
 logger = logging.getLogger(__name__)
 
-_SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/opt", "/proc", "/sys", "/dev")
+# /proc is not among them: /proc/<pid>/environ of the worker's other processes (same uid) holds the
+# secrets the sandbox's own environment is stripped of. The sandboxed process reads its own /proc/<pid>
+# and a few system-wide files (:data:`.child.PROC_READ`).
+_SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/opt", "/sys", "/dev")
 
 
 class SandboxStartError(RuntimeError):
@@ -54,14 +57,15 @@ def default_read_paths(extra: Sequence[str] = ()) -> list[str]:
     """What sandboxed code may read: system directories, this Python and its packages, and ``extra``.
 
     The service-account token directories are never included (neither is ``/var``, ``/run``,
-    ``/home`` or ``/root``), so a token mounted there stays unreadable once Landlock holds."""
+    ``/home``, ``/root`` or ``/proc``), so a token mounted there, or another process's environment,
+    stays unreadable once Landlock holds."""
     paths = list(_SYSTEM_READ) + [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)]
     paths += [p for p in sys.path if p and os.path.isdir(p)]
     paths += [_package_root(name) for name in ("rlhf_workers", "rlhf_api")]  # editable installs are not on sys.path
     paths += [str(p) for p in extra]
     real = []
     for path in dict.fromkeys(paths):
-        if any(path == d or path.startswith(d + "/") for d in SERVICE_ACCOUNT_DIRS):
+        if any(path == d or path.startswith(d + "/") for d in (*SERVICE_ACCOUNT_DIRS, "/proc")):
             continue
         real.append(path)
         resolved = os.path.realpath(path)
