@@ -84,7 +84,8 @@ def _snapshot(config_map: dict[str, Any]) -> Snapshot:
 def check_before_rayjob(memo: OperatorContext, body: kopf.Body, job: RLHFJob, config_map: dict[str, Any],
                         digest: Optional[str], current: dict[str, Any]) -> Optional[dict[str, Any]]:
     """Run (or look at) the job's code check; the job's status after a pass (None: nothing written)."""
-    if not memo.cfg.preflight_pods or not wanted(job.spec) or st.code_check_passed(current):
+    if not memo.cfg.preflight_pods or not wanted(job.spec) or st.code_check_passed(current) \
+            or current.get("rayJobName"):  # launched already (before this check existed, or it was off)
         return None
     meta = body["metadata"]
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")

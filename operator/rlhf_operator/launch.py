@@ -136,7 +136,7 @@ def _read_code(kube: Kube, job: RLHFJob, current: dict[str, Any]) -> dict[str, s
     return sources
 
 
-def _check_code(sources: dict[str, str], job: RLHFJob) -> list[str]:
+def _check_code(sources: dict[str, str], job: RLHFJob, launched: bool = False) -> list[str]:
     """The same checks as for inline code, on code that came from ConfigMaps; then every import of
     the code, resolved against the worker image's module list (parsed, never imported). Returns
     the warnings (imports a custom cluster.image must provide); raises InvalidJob for the rest."""
@@ -147,7 +147,7 @@ def _check_code(sources: dict[str, str], job: RLHFJob) -> list[str]:
         except ValueError as exc:
             raise InvalidJob([FieldError(ref.field, str(exc))]) from None
     unresolved, doubtful = job_import_findings(job.spec, sources)
-    if unresolved:
+    if unresolved and not launched:  # a running job's code was accepted; a newer module list does not undo that
         raise InvalidJob([FieldError("", message) for message in unresolved])
     return doubtful
 
@@ -271,7 +271,7 @@ def launch(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Pa
             _fail(memo, body, SECRETS_NOT_ALLOWED, refused)
             raise kopf.PermanentError(refused)
         sources = _read_code(memo.kube, job, current)
-        doubtful = _check_code(sources, job)
+        doubtful = _check_code(sources, job, launched=bool(current.get("rayJobName")))
     except InvalidJob as exc:
         _fail(memo, body, st.VALIDATION_FAILED, "; ".join(str(e) for e in exc.errors))
         raise kopf.PermanentError(f"invalid RLHFJob: {exc}")

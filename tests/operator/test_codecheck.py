@@ -135,3 +135,15 @@ def test_the_reward_in_the_check_is_the_jobs_own(kube, operator):
     pod = the_pod(kube)
     [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == "rlhf-code"]
     assert kube.get("v1/configmaps", volume["configMap"]["name"], NS)["data"]["reward_func.py"] == REWARD
+
+
+def test_a_job_launched_before_the_check_is_not_checked_on_resume(kube, operator):
+    operator.start(preflight_pods=False)
+    kube.create(rlhfjob())
+    kube.wait_for(lambda: job_status(kube).get("rayJobName"))
+    operator.stop()
+    operator.start(preflight_pods=True)  # resumes "demo", launched already
+    kube.create(rlhfjob(name="second"))
+    second = kube.wait_for(lambda: [p for p in kube.list(PODS, NS) if p["metadata"]["name"].startswith("second-")])
+    assert [p["metadata"]["name"] for p in kube.list(PODS, NS)] == [second[0]["metadata"]["name"]]
+    assert job_status(kube)["phase"] == "Pending" and job_status(kube)["reason"] == "RayJobCreated"
