@@ -148,8 +148,9 @@ class SandboxSpec(SpecModel):
 
     cpu_seconds: Annotated[float, Field(default=60.0, ge=0, description="CPU seconds of one call (0: no limit).")] = 60.0
     memory_mb: Annotated[
-        int, Field(default=4096, ge=0, alias="memoryMB", description="Address space of each process in MiB (0: no limit)."),
-    ] = 4096
+        int, Field(default=8192, ge=0, alias="memoryMB", description="Address space of each process in MiB (0: no "
+                   "limit); leaves room for large native libraries such as a CUDA build of torch."),
+    ] = 8192
     max_processes: Annotated[
         int, Field(default=256, ge=0, description="Processes the sandbox's user may run at once (0: no limit)."),
     ] = 256

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 def limits_from_spec(sandbox: dict) -> Limits:
     """:class:`~rlhf_workers.sandbox.Limits` from ``reward.sandbox`` (its snake_case dump)."""
-    return Limits(cpu_seconds=sandbox.get("cpu_seconds", 60.0), memory_mb=sandbox.get("memory_mb", 4096),
+    return Limits(cpu_seconds=sandbox.get("cpu_seconds", 60.0), memory_mb=sandbox.get("memory_mb", 8192),
                   max_processes=sandbox.get("max_processes", 256), file_size_mb=sandbox.get("file_size_mb", 64),
                   output_kb=sandbox.get("output_kb", 64))
 

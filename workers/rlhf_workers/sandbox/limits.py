@@ -43,7 +43,7 @@ class Limits:
     """
 
     cpu_seconds: float = 60.0
-    memory_mb: int = 4096
+    memory_mb: int = 8192
     max_processes: int = 256
     file_size_mb: int = 64
     output_kb: int = 64
