@@ -5,7 +5,9 @@ Before the RayJob, the operator runs the job's reward/agent code once in a short
 * the worker image (the job's ``cluster.image`` or the operator's default), the same snapshot
   ConfigMap mounts (worker config, code) and ``cluster.volumes`` (where the data usually is) as
   the Ray pods, the same restricted security context, no service-account token;
-* CPU only: one core and 2 GiB, no GPU requested, no node selector or tolerations of the GPU groups;
+* CPU only: one core, and the memory the sandboxed reward may use (``reward.sandbox.memoryMB``)
+  plus 1 GiB for the check itself (at least 2 GiB); no GPU requested, no node selector or
+  tolerations of the GPU groups;
 * no Secrets: environment entries that come from Secrets or ConfigMaps are left out;
 * ``python -m rlhf_workers --check-code`` (rlhf_workers.code_check), whose verdict, a small JSON
   object, goes to the container's termination-message file: the kubelet copies it into the pod's
@@ -32,6 +34,8 @@ COMPONENT = "codecheck"
 CONTAINER = "codecheck"
 RESULT_PATH = "/dev/termination-log"  # the kubelet's default; named so that the contract is visible
 CPU, MEMORY = "1", "2Gi"
+CHECK_OVERHEAD_MIB = 1024  # the check process itself (Python, torch) beside the sandboxed reward
+NO_LIMIT_MEMORY = "8Gi"    # reward.sandbox.memoryMB: 0 (no limit of its own)
 # The pod's own bound once it runs (image pull included); the operator bounds the wait before it runs.
 ACTIVE_DEADLINE_SECONDS = 900
 # Volumes of the Ray pods the check has no use for: /dev/shm for NCCL/vLLM, and the checkpoint
@@ -46,6 +50,18 @@ def wanted(spec: RLHFJobSpec) -> bool:
     return has_code and getattr(spec, "preflight", True)
 
 
+def memory(spec: RLHFJobSpec) -> str:
+    """The pod's memory: room for the sandboxed reward as training gives it (reward.sandbox.memoryMB)
+    and the check process beside it; at least MEMORY."""
+    sandbox = getattr(spec.reward, "sandbox", None) if spec.reward is not None else None
+    limit = getattr(sandbox, "memory_mb", None)
+    if limit is None:
+        return MEMORY
+    if limit == 0:
+        return NO_LIMIT_MEMORY
+    return f"{max(2048, limit + CHECK_OVERHEAD_MIB)}Mi"
+
+
 def pod_name(job_name: str, digest: Optional[str]) -> str:
     return f"{job_name}-{COMPONENT}-{digest}" if digest else f"{job_name}-{COMPONENT}"
 
@@ -54,7 +70,7 @@ def codecheck_pod(job: RLHFJob, snapshot: Snapshot, digest: Optional[str],
                   options: RenderOptions = RenderOptions()) -> dict[str, Any]:
     """The code-check Pod for ``job``, mounting ``snapshot`` (the ConfigMap render() made)."""
     image = job.spec.cluster.image or options.default_image
-    group = GroupSpec(replicas=1, gpus=0, cpu=CPU, memory=MEMORY)
+    group = GroupSpec(replicas=1, gpus=0, cpu=CPU, memory=memory(job.spec))
     template = _pod_template(job, COMPONENT, group, CONTAINER, image, snapshot)
     spec = template["spec"]
     spec["volumes"] = [v for v in spec["volumes"] if v["name"] not in _LEFT_OUT]
@@ -106,7 +122,8 @@ def verdict(pod: dict[str, Any], now: datetime, wait_seconds: float) -> CheckVer
         if phase == "Succeeded" and ok is not False:
             return CheckVerdict("passed", message or "the code check passed")
         if terminated and terminated.get("reason") == "OOMKilled":
-            message = f"the code check ran out of its {MEMORY} of memory (OOMKilled) importing or calling the code"
+            message = "the code check ran out of memory (OOMKilled) importing or calling the code; lower what it" \
+                      " loads, or raise reward.sandbox.memoryMB (the check's pod gets that and 1 GiB more)"
         elif status.get("reason") == "DeadlineExceeded":
             message = f"the code check did not finish within {ACTIVE_DEADLINE_SECONDS} s"
         elif not message:

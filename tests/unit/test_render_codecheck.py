@@ -51,7 +51,10 @@ def test_the_pod_runs_the_check_cpu_only_without_secrets_with_the_jobs_code_and_
     assert container["command"][:4] == ["python", "-m", "rlhf_workers", "--check-code"]
     assert container["image"] == "example/workers:1"
     resources = container["resources"]
-    assert resources["limits"] == {"cpu": "1", "memory": "2Gi"} and resources["requests"] == resources["limits"]
+    # what the reward's sandbox may use (its default memoryMB here), and 1 GiB for the check process
+    sandbox_mib = parsed(**GPU_JOB).spec.reward.sandbox.memory_mb
+    assert resources["limits"] == {"cpu": "1", "memory": f"{sandbox_mib + 1024}Mi"}
+    assert resources["requests"] == resources["limits"]
     assert not any("gpu" in key for key in json.dumps(resources).lower().split('"'))
     assert "nodeSelector" not in spec and "tolerations" not in spec
     assert [e["name"] for e in container["env"] if "valueFrom" in e] == []
@@ -118,3 +121,12 @@ def test_a_pod_that_never_runs_fails_after_the_wait_naming_why():
     assert verdict(pod_status("Pending", waiting=waiting), NOW + timedelta(seconds=30), 60).state == "running"
     seen = verdict(pod_status("Pending", waiting=waiting), NOW + timedelta(seconds=61), 60)
     assert seen.state == "failed" and "ImagePullBackOff" in seen.message and "60 s" in seen.message
+
+
+def test_the_pods_memory_follows_the_rewards_sandbox_limit():
+    def limits(sandbox):
+        pod, _ = pod_for(parsed(reward={"function": {"inline": REWARD}, "sandbox": sandbox}))
+        return pod["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    assert limits({"memoryMB": 512}) == "2048Mi"  # never under 2 GiB
+    assert limits({"memoryMB": 16384}) == "17408Mi"
+    assert limits({"memoryMB": 0}) == "8Gi"  # a reward without a memory limit of its own
