@@ -334,6 +334,8 @@ def run_local(job_path: str, output_dir: str, *, configmap_files: Optional[dict[
     spec = config.spec
     concurrent = spec.training.trainers if spec.cluster.placement in ("auto", "colocated") else \
         max(spec.training.trainers, spec.rollout.engines)
+    if spec.algorithm.async_.enabled:  # engines generate while trainers update: all busy at once
+        concurrent = spec.training.trainers + spec.rollout.engines
     threads = max(1, cores // max(1, concurrent))
     needed = max(required_cpus(spec, "colocated"), required_cpus(spec, "distributed"))
     started = time.perf_counter()
