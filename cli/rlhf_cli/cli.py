@@ -144,10 +144,14 @@ def _imports_resolve(source: str, file: str, item) -> bool:
 
     job_dir = Path(file).parent if file != "-" else Path.cwd()
     errors, warnings = job_import_findings(item.job.spec, *local_sources(item.job.spec, job_dir))
-    for line in warnings:
-        print(f"{source}: warning: {line}", file=sys.stderr)
-    for line in errors:
-        print(f"{source}: {line}", file=sys.stderr)
+
+    def where(finding: str) -> str:  # FILE:LINE of the field the finding starts with (spec.reward.function.inline)
+        line = item.document.line_of(tuple(finding.split(":", 1)[0].split(".")))
+        return f"{source}:{line}" if line else source
+    for finding in warnings:
+        print(f"{where(finding)}: warning: {finding}", file=sys.stderr)
+    for finding in errors:
+        print(f"{where(finding)}: {finding}", file=sys.stderr)
     return not errors
 
 

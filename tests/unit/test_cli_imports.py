@@ -25,6 +25,8 @@ def test_an_unresolvable_inline_import_is_refused_with_field_line_module_and_fix
     assert result.returncode == 2, result.stdout
     [line] = [text for text in result.stderr.splitlines() if "spec." in text]  # one line per unresolved import
     assert "spec.reward.function.inline: reward_func.py, line 2: `import not_a_module`" in line
+    yaml_line = next(i for i, text in enumerate((tmp_path / "job.yaml").read_text().splitlines(), 1) if "inline:" in text)
+    assert line.startswith(f"{tmp_path / 'job.yaml'}:{yaml_line}: ")  # FILE:LINE: field: problem, as every error
     assert "no module named 'not_a_module'" in line and "fix:" in line
 
 
