@@ -9,6 +9,7 @@ Before the RayJob, the operator runs the job's reward/agent code once in a short
   plus 1 GiB for the check itself (at least 2 GiB); no GPU requested, no node selector or
   tolerations of the GPU groups;
 * no Secrets: environment entries that come from Secrets or ConfigMaps are left out;
+* ``cluster.rewardRuntimeClassName``, when set, as on the head pod where training runs user code;
 * ``python -m rlhf_workers --check-code`` (rlhf_workers.code_check), whose verdict, a small JSON
   object, goes to the container's termination-message file: the kubelet copies it into the pod's
   status (``state.terminated.message``), where ``verdict`` reads it. With
@@ -85,6 +86,9 @@ def codecheck_pod(job: RLHFJob, snapshot: Snapshot, digest: Optional[str],
     spec.update(restartPolicy="Never", activeDeadlineSeconds=ACTIVE_DEADLINE_SECONDS, terminationGracePeriodSeconds=5,
                 automountServiceAccountToken=False)
     spec.pop("serviceAccountName", None)
+    runtime = getattr(job.spec.cluster, "reward_runtime_class_name", None)
+    if runtime:  # user code runs here as on the head pod: under the same RuntimeClass (gVisor, ...)
+        spec["runtimeClassName"] = runtime
     meta = _metadata(job, pod_name(job.metadata.name, digest), COMPONENT)
     meta["labels"] = {**template["metadata"]["labels"], **meta["labels"]}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}

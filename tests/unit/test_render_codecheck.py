@@ -130,3 +130,10 @@ def test_the_pods_memory_follows_the_rewards_sandbox_limit():
     assert limits({"memoryMB": 512}) == "2048Mi"  # never under 2 GiB
     assert limits({"memoryMB": 16384}) == "17408Mi"
     assert limits({"memoryMB": 0}) == "8Gi"  # a reward without a memory limit of its own
+
+
+def test_the_pod_runs_under_the_reward_runtime_class_when_the_job_names_one():
+    pod, _ = pod_for(parsed(reward={"function": {"inline": REWARD}}, cluster={"rewardRuntimeClassName": "gvisor"}))
+    assert pod["spec"]["runtimeClassName"] == "gvisor" and core_errors(pod) == []
+    pod, _ = pod_for(parsed(reward={"function": {"inline": REWARD}}))
+    assert "runtimeClassName" not in pod["spec"]
