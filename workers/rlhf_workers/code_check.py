@@ -235,15 +235,14 @@ def check_agent(path: str, rows: list[tuple[str, Any]], timeout: float) -> Check
 
 def run_check(config, rows: int = ROWS, timeout: Optional[float] = None) -> CheckOutcome:
     """The check of a job's code as its WorkerConfig describes it; ``timeout`` per call (default:
-    reward.timeoutSeconds, else 60 s)."""
+    reward.timeoutSeconds or agent.timeoutSeconds, else 60 s)."""
     from .data import DataError
 
     spec = config.spec
     if not config.reward_code_path and not config.agent_code_path:
         return CheckOutcome(True, "the job has no reward or agent code to check")
-    if timeout is None:
-        timeout = float(getattr(spec.reward, "timeout_seconds", None) or DEFAULT_TIMEOUT) if spec.reward \
-            else DEFAULT_TIMEOUT
+    if timeout is None:  # reward.timeoutSeconds, agent.timeoutSeconds: what training allows one call
+        timeout = float(getattr(spec.reward or spec.agent, "timeout_seconds", None) or DEFAULT_TIMEOUT)
     note = ""
     try:
         picked = sample_rows(spec, rows)
