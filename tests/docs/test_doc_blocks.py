@@ -113,7 +113,7 @@ def check_rlhf(cmd: Command, cwd: Path, where: str) -> None:
         build_parser().parse_args(args)
     except SystemExit as exc:
         raise AssertionError(f"{where}: `{' '.join(cmd.argv)}` does not parse (exit {exc.code})") from None
-    if args[0] in ("run", "operator", "test-reward"):
+    if args[0] in ("run", "operator"):
         return  # parsed; run by their own end-to-end tests (the quickstart: tests/workers)
     done = _run([sys.executable, "-m", "rlhf_cli", *args], cwd)
     assert done.returncode == 0, f"{where}: `{' '.join(cmd.argv)}` exited {done.returncode}: {done.stderr[-2000:]}"
@@ -134,7 +134,8 @@ def check_kubectl(cmd: Command, cwd: Path, where: str, kube) -> None:
     try:
         done = _run(base + args, cwd, timeout=8)
     except subprocess.TimeoutExpired:
-        assert "-w" in args or "--watch" in args, f"{where}: `{' '.join(cmd.argv)}` hung"
+        assert {"-w", "--watch", "--follow", "-f"} & set(args) or args[0] == "port-forward", \
+            f"{where}: `{' '.join(cmd.argv)}` hung"
         return
     text = done.stdout + done.stderr
     if done.returncode != 0:
@@ -289,3 +290,27 @@ def test_commands_are_never_in_plain_fences():
             for line in block.text.splitlines():
                 assert not re.match(r"^\s*(\$ |kubectl |rlhf |helm |python |bash )", line), \
                     f"{block.where}: give the fence a language (bash) so its commands are checked: {line}"
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors for a Markdown file's headings: lower case, punctuation dropped, spaces to '-'."""
+    anchors = set()
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"\s", "-", re.sub(r"[^\w\s-]", "", title)))
+    return anchors
+
+
+@pytest.mark.parametrize("doc", DOCS + [ROOT / "docs" / "reference.md"], ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_leads_somewhere(doc):
+    text = re.sub(r"^```.*?^```", "", doc.read_text(), flags=re.M | re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)  # code spans: a regular expression is no link
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s), mailto
+        file, _, anchor = target.partition("#")
+        linked = (doc.parent / file).resolve() if file else doc
+        assert linked.exists(), f"{doc.relative_to(ROOT)}: {target} does not exist"
+        if anchor and linked.suffix == ".md":
+            assert anchor in _anchors(linked), f"{doc.relative_to(ROOT)}: {target}: no such heading"
