@@ -81,6 +81,17 @@ def test_a_hung_call_ends_at_the_timeout_and_a_dead_worker_is_replaced(shared_di
         assert [o.status for o in pool.map([(["again"], [""], [""])] * 2)] == ["ok", "ok"]  # both workers serve
 
 
+def test_a_worker_killed_while_idle_is_replaced_before_its_next_call(shared_dir):
+    import signal
+
+    with SandboxPool({"kind": "reward_func", "path": _reward(shared_dir, SLEEPY)}, size=1, timeout=10) as pool:
+        worker = pool._workers[0]
+        os.kill(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait()
+        (outcome,) = pool.map([(["after"], [""], [""])])
+        assert outcome.status == "ok" and outcome.value == {"rewards": [5.0]} and pool.replaced == 1
+
+
 def test_output_is_kept_only_up_to_its_bound_and_never_written_to_disk(shared_dir):
     limits = Limits(output_kb=4)
     with SandboxPool({"kind": "reward_func", "path": _reward(shared_dir, SLEEPY)}, size=1, timeout=30,

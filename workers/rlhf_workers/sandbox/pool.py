@@ -178,6 +178,8 @@ class _Worker:
 
     def read(self) -> list:
         """Frames waiting on the reply pipe ([] if none); on end of file or garbage the worker is dead."""
+        if self.reply_r is None:
+            return []
         try:
             chunk = os.read(self.reply_r, 1 << 20) if select.select([self.reply_r], [], [], 0)[0] else None
         except OSError:
@@ -193,15 +195,20 @@ class _Worker:
             self.kill()
             return [["invalid", f"the sandbox sent {exc}"]]
 
-    def call(self, index: int, args: tuple, timeout: float) -> None:
+    def call(self, index: int, args: tuple, timeout: float) -> bool:
+        """Send one call; False (nothing sent) when the worker died while idle."""
+        if self.proc.poll() is not None:
+            self._close()
+            return False
         self.output.take()
         self.call_index, self.state = index, "busy"
         self.started_call = time.monotonic()
         self.deadline = self.started_call + timeout
         try:
             channel.send(self.request_w, args)
-        except OSError:  # died between calls: the outcome is read as a death
+        except OSError:  # died just now: the outcome is read as a death during the call
             self._reap()
+        return True
 
     def ended(self) -> str:
         code = self.proc.poll() if self.proc else None
@@ -298,17 +305,18 @@ class SandboxPool:
         """Run ``calls`` (argument tuples) across the pool; one :class:`Outcome` per call, in order."""
         results: list[Optional[Outcome]] = [None] * len(calls)
         queue = deque(range(len(calls)))
-        while queue or any(w.state == "busy" for w in self._workers):
+        while queue or any(w.call_index is not None for w in self._workers):
             for w in self._workers:
                 if queue and w.state == "dead":
                     self._replace(w, queue, results)
                 if queue and w.state == "idle":
                     i = queue.popleft()
-                    w.call(i, tuple(calls[i]), self.timeout)
-            busy = [w for w in self._workers if w.state == "busy"]
+                    if not w.call(i, tuple(calls[i]), self.timeout):
+                        queue.appendleft(i)  # died while idle: replaced on the next turn
+            busy = [w for w in self._workers if w.call_index is not None]
             if busy:
                 wait = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-                select.select([w.reply_r for w in busy], [], [], wait)
+                select.select([w.reply_r for w in busy if w.reply_r is not None], [], [], wait)
             for w in busy:
                 self._collect(w, results)
         return results  # type: ignore[return-value]
