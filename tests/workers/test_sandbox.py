@@ -334,6 +334,20 @@ def test_split_batches_come_back_in_order_and_only_the_raising_sample_is_a_fault
     assert "ValueError: bad sample" in result.faults[0].message
 
 
+def test_a_chunk_that_timed_out_is_rescored_sample_by_sample_when_others_ended(shared_dir):
+    from rlhf_workers.reward import SandboxedFunctionReward
+
+    reward = SandboxedFunctionReward(_reward(shared_dir, SLEEPY), parallelism=2, timeout=2)
+    try:
+        result = reward.score(["a", "bb", "ccc", "dddd", "sleep:3600", "ffffff"], ["p"] * 6)
+        assert result.rewards.tolist()[:4] + result.rewards.tolist()[5:] == [1.0, 2.0, 3.0, 4.0, 6.0]
+        assert [(f.sample_index, f.kind) for f in result.faults] == [(4, "timeout")]
+        everything_hangs = reward.score(["sleep:3600"] * 4, ["p"] * 4)  # no chunk ended: no second round
+        assert [f.kind for f in everything_hangs.faults] == ["timeout"] * 4
+    finally:
+        reward.close()
+
+
 def test_batch_whole_gives_the_reward_the_whole_batch_in_one_call(shared_dir):
     from rlhf_workers.reward import SandboxedFunctionReward
 

@@ -3,7 +3,8 @@
 * :class:`SandboxedFunctionReward` - the user's ``reward_func`` in a :class:`~rlhf_workers.sandbox.SandboxPool`:
   the batch is split across the pool in order (``reward.batch: split``) or passed whole
   (``whole``); each call is bounded by ``reward.timeoutSeconds``. A chunk that raised is re-run
-  one sample at a time, so only the samples that raise on their own are faults.
+  one sample at a time, so only the samples that raise on their own are faults; so is a chunk
+  that timed out while others ended, when it holds at most four samples per process.
 * :class:`GuardedReward` - a remote server or a reward model, called in a thread bounded by the
   same timeout; its errors become faults of the whole call.
 
@@ -81,16 +82,25 @@ class SandboxedFunctionReward(RewardExecutor):
             bounds.append((start, stop))
             start = stop
         outcomes = self.pool.map([(queries[a:b], prompts[a:b], labels[a:b]) for a, b in bounds])
-        # a chunk that raised: which of its samples raise on their own (one call each, across the pool)
-        retry = [i for (a, b), o in zip(bounds, outcomes) if o.status == "raised" and b - a > 1 for i in range(a, b)]
-        singles = dict(zip(retry, self.pool.map([(queries[i:i + 1], prompts[i:i + 1], labels[i:i + 1]) for i in retry])))
+        again = self._rerun(bounds, outcomes)
+        singles = dict(zip(again, self.pool.map([(queries[i:i + 1], prompts[i:i + 1], labels[i:i + 1]) for i in again])))
         results = []
         for (a, b), outcome in zip(bounds, outcomes):
-            if outcome.status == "raised" and b - a > 1:
+            if a in singles:
                 results += [self._result(singles[i], prompts[i:i + 1]) for i in range(a, b)]
             else:
                 results.append(self._result(outcome, prompts[a:b]))
         return RewardResult.concat(results)
+
+    def _rerun(self, bounds: list[tuple[int, int]], outcomes: list[Outcome]) -> list[int]:
+        """The samples to score again one at a time, so that only the faulty ones count as faults:
+        those of every chunk that raised, and of chunks that timed out when others did not (a hang
+        on some samples, not on all) and they are few (each hang costs another timeout)."""
+        raised = [i for (a, b), o in zip(bounds, outcomes) if o.status == "raised" and b - a > 1 for i in range(a, b)]
+        timed_out = [i for (a, b), o in zip(bounds, outcomes) if o.status == "timeout" and b - a > 1
+                     for i in range(a, b)]
+        some_ended = any(o.status != "timeout" for o in outcomes)
+        return raised + (timed_out if some_ended and len(timed_out) <= 4 * self.pool.size else [])
 
     def _result(self, outcome: Outcome, prompts: list) -> RewardResult:
         n = len(prompts)
