@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import copy
 import datetime
+import re
 import tarfile
 from functools import lru_cache
 from pathlib import Path
@@ -97,7 +98,7 @@ WORKLOAD_RULES = {
     ("rlhf.dev", "rlhfjobs/status"): {"get", "patch", "update"},
     ("ray.io", "rayjobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("networking.k8s.io", "networkpolicies"): {"get", "create", "delete"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"get", "create", "delete"},  # the code-check pod only (no list or watch: launch reads it by name)
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
@@ -863,3 +864,17 @@ def test_operator_is_told_its_namespace_and_kuberays_for_job_network_policies(va
     assert env.get("RLHF_KUBERAY_NAMESPACE") == kuberay
     cfg = OperatorConfig.from_env({k: v for k, v in env.items() if k.startswith("RLHF_") and v is not None})
     assert (cfg.operator_namespace, cfg.kuberay_namespace) == (NAMESPACE, kuberay)
+
+
+def test_the_rbac_table_of_docs_operations_is_what_the_chart_grants():
+    """docs/operations.md lists the operator's permissions; with the webhook and peering off it is
+    exactly the chart's roles (kopf's peering objects are the chart's own business)."""
+    text = (ROOT / "docs" / "operations.md").read_text().split("## RBAC", 1)[1].split("\n## ", 1)[0]
+    documented: dict[tuple[str, str], set[str]] = {}
+    for groups, resource, verbs in re.findall(r"^\| ([^|]+) \| `([^`]+)` \| ([^|]+) \|", text, re.M):
+        for group in groups.split(","):
+            group = group.strip().strip("`")
+            documented[("" if group == "core" else group, resource)] = {v.strip() for v in verbs.split(",")}
+    rules = [r for o in objects("everything") if o["kind"] in ("ClusterRole", "Role") for r in o["rules"]]
+    granted = {k: v for k, v in grants(rules).items() if not k[1].endswith("kopfpeerings")}
+    assert documented == granted

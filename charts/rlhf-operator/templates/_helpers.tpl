@@ -141,7 +141,8 @@ Secrets (workers get them through secretKeyRef in their pod specs).
   verbs: ["get", "create", "delete"]
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  # delete: the snapshot of a launch the API server refused is removed at once (launch._remove).
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # A job's code-check pod (spec.preflight), before its RayJob: created, read for its verdict, deleted.
 - apiGroups: [""]
   resources: ["pods"]
