@@ -107,6 +107,12 @@ def mean_of(values: list[float], first: bool) -> float:
 # --------------------------------------------------------------------------- the runs
 
 
+def done(label: str, r: dict) -> None:
+    """One line per finished run as it finishes (stderr), so a long run that is cut short keeps its numbers."""
+    print(f"  {label}: {r['seconds_per_step']:.3f} s/step (median), steps {[round(s, 2) for s in r['step_seconds']]}, "
+          f"rewards {[round(x, 3) for x in r['rewards']]}", file=sys.stderr, flush=True)
+
+
 def speed_runs(a, model_dir: Path, work: Path, results: dict) -> None:
     for c in a.config_list:
         print(f"{c}: {a.steps} steps at size {a.size} ...", file=sys.stderr, flush=True)
@@ -115,6 +121,7 @@ def speed_runs(a, model_dir: Path, work: Path, results: dict) -> None:
         else:
             placement, backend = c.split("-")
             results[c] = run_ours(model_dir, work, a, placement, backend)
+        done(c, results[c])
 
 
 def learning_runs(a, work: Path) -> dict:
@@ -132,6 +139,7 @@ def learning_runs(a, work: Path) -> dict:
             r = run_trl(model_dir, work, with_(base, lr=lr)) if side == "trl" else \
                 run_ours(model_dir, work, with_(base, lr=lr), placement, backend, name=f"learn-{i}")  # a DNS label: no dots
             r["time_to_threshold"], r["step_reached"] = time_to_threshold(r["step_seconds"], r["rewards"], a.threshold)
+            done(f"learning {side} lr={lr:g}", r)
             out["runs"][side][lr] = r
     for side in ("trl", "ours"):
         runs = out["runs"][side]
@@ -147,6 +155,7 @@ def async_runs(a, model_dir: Path, work: Path) -> dict:
         print(f"distributed vLLM, {mode}: {a.steps} steps at size {a.size} ...", file=sys.stderr, flush=True)
         out[mode] = run_ours(model_dir, work, a, "distributed", "vllm", name=f"distributed-{mode}",
                              async_=(mode == "async"))
+        done(f"distributed-vllm {mode}", out[mode])
     return out
 
 
