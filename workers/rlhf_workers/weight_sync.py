@@ -12,10 +12,10 @@ One interface, :class:`WeightSync` (``push() -> SyncReport``), chosen by placeme
   port, so DeepSpeed's default group is never touched; NCCL on GPUs, gloo on CPUs). Rank 0
   broadcasts the parameters bucket by bucket (at most ``bucketMB`` each); under ZeRO-3 all
   trainer ranks gather one bucket at a time, so the full model never exists twice, and each
-  engine worker receives a bucket into one buffer while it loads the previous one. vLLM workers receive
-  through :mod:`rlhf_workers.vllm_extension` (``worker_extension_cls``, driven with
-  ``collective_rpc``); each tensor-parallel worker takes the full tensors and vLLM's own
-  ``load_weights`` keeps its shard.
+  engine worker receives a bucket into one buffer while it loads the previous one. vLLM
+  workers receive through :mod:`rlhf_workers.vllm_extension` (``worker_extension_cls``,
+  driven with ``collective_rpc``); each tensor-parallel worker takes the full tensors and
+  vLLM's own ``load_weights`` keeps its shard.
 * :class:`ObjectStoreSync` (``method: objectStore``) - trainer rank 0 gathers the full state
   dict and returns it through Ray's object store; every engine loads it. Slower (a copy into
   and out of the store per engine), but needs nothing beyond Ray.
@@ -26,6 +26,8 @@ Both sides of the collective derive the same bucket layout from the parameter li
 Whatever the path, the sync is checked every step: the first optimizer step's forward pass
 runs on the weights the engines sampled with, and the trainer reports
 ``rollout/logprob_diff_mean`` between its logprobs and the engine's (≈1e-6 on CPU fp32).
+(With ``algorithm.async`` a batch sampled by an older policy differs by design; the loop
+checks only batches sampled by the current one.)
 """
 
 from __future__ import annotations
