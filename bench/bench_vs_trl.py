@@ -190,13 +190,15 @@ def print_phases(results: dict) -> None:
 def print_learning(lrn: dict) -> None:
     print(f"\nlearning efficiency (quickstart task): seconds of training until the 3-step mean reward reaches "
           f"{lrn['threshold']}, cap {lrn['steps']} steps; ours = {lrn['ours']}\n")
-    print(f"{'side':<8}{'lr':>8}{'s to threshold':>16}{'at step':>9}{'s/step':>8}{'reward last':>13}")
+    print(f"{'side':<8}{'lr':>8}{'s to threshold':>16}{'w/o step 1':>12}{'at step':>9}{'s/step':>8}{'reward last':>13}")
     for side in ("trl", "ours"):
         for lr, r in lrn["runs"][side].items():
-            ttt = f"{r['time_to_threshold']:.1f}" if r["time_to_threshold"] is not None else "not reached"
+            reached = r["time_to_threshold"] is not None
+            ttt = f"{r['time_to_threshold']:.1f}" if reached else "not reached"
+            later = f"{r['time_to_threshold'] - r['step_seconds'][0]:.1f}" if reached else "-"  # first step: warm-up
             best = " *" if lr == lrn[f"best_{side}"] else ""
-            print(f"{side:<8}{lr:>8g}{ttt:>16}{str(r['step_reached'] or '-'):>9}{r['seconds_per_step']:>8.3f}"
-                  f"{mean_of(r['rewards'], False):>13.3f}{best}")
+            print(f"{side:<8}{lr:>8g}{ttt:>16}{later:>12}{str(r['step_reached'] or '-'):>9}"
+                  f"{r['seconds_per_step']:>8.3f}{mean_of(r['rewards'], False):>13.3f}{best}")
     print("(* = the side's best learning rate)")
 
 
