@@ -108,6 +108,8 @@ def test_the_environment_is_an_allow_list_and_the_token_directories_are_never_re
     assert env["HOME"] == env["TMPDIR"] == "/scratch" and env["LC_ALL"] == "C"
     for path in default_read_paths(["/var/run/secrets/kubernetes.io/serviceaccount", "/data"]):
         assert not any(path == d or path.startswith(d + "/") for d in SERVICE_ACCOUNT_DIRS), path
+    cached = sandbox_env("/scratch", {"HF_HOME": "/models/hf", "HF_TOKEN": "t"})
+    assert cached["HF_HOME"] == "/models/hf" and "HF_TOKEN" not in cached  # the cache, not the credential
 
 
 def test_test_reward_on_a_hanging_reward_fails_at_its_timeout_instead_of_waiting(shared_dir):

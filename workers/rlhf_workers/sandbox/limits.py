@@ -14,17 +14,21 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Mapping, Optional
 
-__all__ = ["Limits", "SERVICE_ACCOUNT_DIRS", "ENV_ALLOWED", "sandbox_env", "apply_rlimits", "set_call_cpu_limit"]
+__all__ = ["Limits", "SERVICE_ACCOUNT_DIRS", "ENV_ALLOWED", "CACHE_VARIABLES", "cache_dirs", "sandbox_env",
+           "apply_rlimits", "set_call_cpu_limit"]
 
 #: Where Kubernetes mounts a pod's service-account token; never readable from the sandbox
 #: (Landlock's read list leaves them out; see docs/rewards.md for what holds without Landlock).
 SERVICE_ACCOUNT_DIRS = ("/var/run/secrets", "/run/secrets")
 
+#: Model caches a reward may load from (read-only: :func:`cache_dirs` joins them to the read list).
+CACHE_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_CACHE", "XDG_CACHE_HOME", "TORCH_HOME")
+
 #: Variables the sandbox keeps from its parent. Everything else (RLHF_*, RAY_*, WANDB_*, AWS_*, HF_TOKEN,
 #: *_TOKEN, KUBERNETES_*, proxies, credentials files) is dropped.
 ENV_ALLOWED = ("PATH", "LANG", "LANGUAGE", "TZ", "TERM", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-               "PYTHONPATH", "VIRTUAL_ENV", "SSL_CERT_FILE", "PYTHONIOENCODING")
+               "PYTHONPATH", "VIRTUAL_ENV", "SSL_CERT_FILE", "PYTHONIOENCODING", *CACHE_VARIABLES)
 _ENV_PREFIXES = ("LC_",)
 
 
@@ -64,6 +68,12 @@ def sandbox_env(scratch: str, parent: Optional[Mapping[str, str]] = None, extra:
     env.update({"HOME": scratch, "TMPDIR": scratch, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"})
     env.update(extra or {})
     return env
+
+
+def cache_dirs(parent: Optional[Mapping[str, str]] = None) -> list[str]:
+    """The model cache directories the environment names (readable from the sandbox, never writable)."""
+    parent = os.environ if parent is None else parent
+    return [parent[k] for k in CACHE_VARIABLES if parent.get(k)]
 
 
 def _set(which: int, value: int) -> None:

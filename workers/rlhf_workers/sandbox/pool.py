@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from . import channel
-from .limits import Limits, SERVICE_ACCOUNT_DIRS, sandbox_env
+from .limits import Limits, SERVICE_ACCOUNT_DIRS, cache_dirs, sandbox_env
 from .values import from_plain
 
 __all__ = ["SandboxPool", "Outcome", "SandboxStartError", "default_read_paths", "available_cores"]
@@ -62,6 +62,7 @@ def default_read_paths(extra: Sequence[str] = ()) -> list[str]:
     paths = list(_SYSTEM_READ) + [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)]
     paths += [p for p in sys.path if p and os.path.isdir(p)]
     paths += [_package_root(name) for name in ("rlhf_workers", "rlhf_api")]  # editable installs are not on sys.path
+    paths += cache_dirs()  # model caches named by HF_HOME & co: read-only
     paths += [str(p) for p in extra]
     real = []
     for path in dict.fromkeys(paths):
@@ -107,13 +108,16 @@ class OutputTail:
         self._thread.start()
 
     def _drain(self, stream) -> None:
-        for chunk in iter(lambda: stream.read1(65536), b""):
-            with self._lock:
-                self._buffer += chunk
-                excess = len(self._buffer) - self.limit
-                if excess > 0:
-                    del self._buffer[:excess]
-                    self.dropped += excess
+        try:
+            for chunk in iter(lambda: stream.read1(65536), b""):
+                with self._lock:
+                    self._buffer += chunk
+                    excess = len(self._buffer) - self.limit
+                    if excess > 0:
+                        del self._buffer[:excess]
+                        self.dropped += excess
+        except (OSError, ValueError):  # the pipe was closed under us: the worker is gone
+            pass
 
     def take(self) -> str:
         """The output kept since the last take, and a note of how much was dropped."""

@@ -97,10 +97,13 @@ def _apply(triples: list[tuple[str, int, int]]) -> None:
 
 def _drain(stream, limit: int, out: list) -> None:
     kept, dropped = bytearray(), 0
-    for chunk in iter(lambda: stream.read1(65536), b""):
-        room = limit - len(kept)
-        kept += chunk[:max(0, room)]
-        dropped += max(0, len(chunk) - max(0, room))
+    try:
+        for chunk in iter(lambda: stream.read1(65536), b""):
+            room = limit - len(kept)
+            kept += chunk[:max(0, room)]
+            dropped += max(0, len(chunk) - max(0, room))
+    except (OSError, ValueError):  # closed under us
+        pass
     out.append((kept.decode(errors="replace"), dropped))
 
 
