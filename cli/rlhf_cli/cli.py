@@ -263,7 +263,7 @@ def cmd_test_reward(args: argparse.Namespace) -> int:
         print(f"rlhf test-reward needs the worker stack ({exc.name} is missing): pip install 'rlhf-operator[cpu]'", file=sys.stderr)
         return 1
     return run_reward_check(args.file, args.data, input_key=args.input_key, label_key=args.label_key,
-                            response_key=args.response_key)
+                            response_key=args.response_key, timeout=args.timeout)
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
@@ -343,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-key", default=None, help="prompt field (default: prompt or input)")
     p.add_argument("--label-key", default=None, help="label field passed as labels")
     p.add_argument("--response-key", default=None, help="response field (default: response or output)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds the reward may take to load, and to score the samples (default 60); past them the "
+                        "sandboxed reward is killed and the check fails")
     p.set_defaults(func=cmd_test_reward)
 
     p = sub.add_parser("tiny-model", help="write a tiny random-init model and byte-level tokenizer")

@@ -117,7 +117,7 @@ def test_test_reward_on_a_hanging_reward_fails_at_its_timeout_instead_of_waiting
     data = shared_dir / "samples.jsonl"
     data.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n")
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "rlhf_workers.reward_check", path, "--data", str(data), "--plain",
+    done = subprocess.run([sys.executable, "-m", "rlhf_cli.cli", "test-reward", path, "--data", str(data),
                            "--timeout", "2"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "did not return within 2s on 1 samples and was killed" in done.stdout
