@@ -119,6 +119,13 @@ class OutputTail:
         except (OSError, ValueError):  # the pipe was closed under us: the worker is gone
             pass
 
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def take(self) -> str:
         """The output kept since the last take, and a note of how much was dropped."""
         with self._lock:
@@ -254,6 +261,10 @@ class _Worker:
                 except OSError:
                     pass
         self.request_w = self.reply_r = None
+        if self.proc is not None and self.proc.poll() is not None and self.proc.stdout is not None:
+            self.output.join(timeout=1.0)  # the rest of its output, then the pipe is closed
+            if not self.output.alive:  # else something the worker started still holds the pipe
+                self.proc.stdout.close()
         self.state = "dead"
         if getattr(self, "scratch", None):
             shutil.rmtree(self.scratch, ignore_errors=True)

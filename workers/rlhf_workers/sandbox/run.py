@@ -8,15 +8,17 @@ a training job the reward itself already runs in the sandbox, so what it starts 
 network and a read-only file system outside scratch (those walls are inherited); called
 elsewhere, only the limits and the timeout apply.
 
-The limits are set between fork and exec: by ``preexec_fn`` when the caller is single-threaded
-(a sandboxed reward is), else by a tiny launcher (``python -S -c``, no imports beyond
-``resource``) that execs the program, because ``preexec_fn`` is unsafe in a process with threads.
+The limits are set between start and exec by util-linux's ``prlimit`` (one small exec, and the
+program starts with ``posix_spawn``); without it, by ``preexec_fn`` when the caller is
+single-threaded (a sandboxed reward is), else by a tiny launcher (``python -S -c``, no imports
+beyond ``resource``), because ``preexec_fn`` is unsafe in a process with threads.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,6 +85,24 @@ def _rlimits(limits: Limits, timeout: float) -> list[tuple[str, int, int]]:
     return triples
 
 
+_PRLIMIT = shutil.which("prlimit")
+_PRLIMIT_NAMES = {"RLIMIT_CPU": "cpu", "RLIMIT_CORE": "core", "RLIMIT_AS": "as", "RLIMIT_NPROC": "nproc",
+                  "RLIMIT_FSIZE": "fsize", "RLIMIT_NOFILE": "nofile"}
+
+
+def _prlimit_flags(triples: list[tuple[str, int, int]]) -> list[str]:
+    """``--as=SOFT:HARD`` ... never above the hard limits this process has (prlimit would refuse)."""
+    import resource
+
+    flags = []
+    for name, soft, hard in triples:
+        ceiling = resource.getrlimit(getattr(resource, name))[1]
+        if ceiling != resource.RLIM_INFINITY:
+            soft, hard = min(soft, ceiling), min(hard, ceiling)
+        flags.append(f"--{_PRLIMIT_NAMES[name]}={soft}:{hard}")
+    return flags
+
+
 def _apply(triples: list[tuple[str, int, int]]) -> None:
     """In the forked child, before exec: the limits (never above the hard limits the caller has)."""
     import resource
@@ -124,7 +144,9 @@ def run_command(argv: Sequence[str], *, timeout: float = 10.0, limits: Optional[
             with open(path, "w") as f:
                 f.write(text)
         triples = _rlimits(limits, timeout)
-        if threading.active_count() == 1:
+        if _PRLIMIT:
+            command, preexec = [_PRLIMIT, *_prlimit_flags(triples), "--", *argv], None
+        elif threading.active_count() == 1:
             command, preexec = list(argv), functools.partial(_apply, triples)
         else:
             command, preexec = [sys.executable, "-S", "-c", _LAUNCHER, repr(triples), *argv], None
@@ -163,6 +185,9 @@ def _wait(proc: subprocess.Popen, input: Optional[str], timeout: float, limit: i
     proc.wait()
     for r in readers:
         r.join(timeout=5)
+    for reader, stream in zip(readers, (proc.stdout, proc.stderr)):
+        if not reader.is_alive():  # else an escaped grandchild holds the pipe: leave it to the daemon reader
+            stream.close()
     (stdout, out_dropped), (stderr, err_dropped) = (outs or [("", 0)])[0], (errs or [("", 0)])[0]
     result = RunResult("exited", stdout=stdout, stderr=stderr, seconds=time.monotonic() - started,
                        truncated=bool(out_dropped or err_dropped))
