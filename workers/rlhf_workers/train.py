@@ -152,7 +152,7 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
             if len(batch):
                 # ------------------------------------------------ 4. forward passes: old policy, reference, critic
                 with t("logprobs"):
-                    passes = forward_passes(s.cluster, batch, spec, s.pad_id)
+                    passes = forward_passes(s.cluster, batch, spec, s.pad_id, off_policy=rollouts.stale(batch))
 
                 # ------------------------------------------------ 5. advantages
                 with t("advantages"):
@@ -234,8 +234,13 @@ def check_reward_faults(faults: FaultWindow, s) -> None:
         raise
 
 
-def forward_passes(cluster: Cluster, batch: Rollout, spec, pad_id: int) -> ForwardPasses:
-    """Step 4: the per-token numbers the advantages and the update need, from the workers that hold them."""
+def forward_passes(cluster: Cluster, batch: Rollout, spec, pad_id: int, off_policy: bool = False) -> ForwardPasses:
+    """Step 4: the per-token numbers the advantages and the update need, from the workers that hold them.
+
+    ``off_policy``: the batch was sampled by an older policy (``algorithm.async``); the engines'
+    logprobs then serve as the old policy's, so the PPO ratio and its clip measure how far the
+    update moves from the policy that sampled.
+    """
     algo, training = spec.algorithm, spec.training
     action_mask = batch.action_mask()
     rollout_logprobs = pad_rows([x.logprobs for x in batch.samples], action_mask.size(1))
@@ -243,9 +248,13 @@ def forward_passes(cluster: Cluster, batch: Rollout, spec, pad_id: int) -> Forwa
     updates = math.ceil(len(batch) / training.train_batch_size) * training.max_epochs
     need_old = (kl_on and not algo.kl.use_loss) or updates > 1
     micro = training.micro_batch_size
+    if off_policy:
+        old = rollout_logprobs
+    else:
+        old = _forward(cluster.policy, batch, pad_id, micro, action_mask) if need_old else None
     return ForwardPasses(
         action_mask, rollout_logprobs,
-        old_logprobs=_forward(cluster.policy, batch, pad_id, micro, action_mask) if need_old else None,
+        old_logprobs=old,
         ref_logprobs=_forward(cluster.ref, batch, pad_id, micro, action_mask) if kl_on else None,
         values=_forward(cluster.critic, batch, pad_id, micro, action_mask) if algo.advantage_estimator == "gae" else None,
     )
