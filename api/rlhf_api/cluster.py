@@ -340,3 +340,9 @@ class ClusterSpec(SpecModel):
             if not DNS_LABEL.match(name):
                 raise ValueError(f"imagePullSecrets entries are Secret names (got {name!r})")
         return value
+
+    def plain_env(self) -> dict[str, str]:
+        """The ``env`` entries with a literal value, which the spec shows anyway: what the reward
+        sandbox passes on to user code. Secret- and ConfigMap-backed ones (``valueFrom``,
+        ``envFrom``) stay with the worker."""
+        return {e.name: e.value for e in self.env if e.value_from is None}

@@ -112,6 +112,29 @@ def test_the_environment_is_an_allow_list_and_the_token_directories_are_never_re
     assert cached["HF_HOME"] == "/models/hf" and "HF_TOKEN" not in cached  # the cache, not the credential
 
 
+ENV_READER = '''
+import os
+
+
+def reward_func(queries, prompts, labels):
+    return {"rewards": [float(os.environ.get(q, "-1")) for q in queries]}
+'''
+
+
+def test_the_jobs_plain_env_reaches_the_reward_and_its_secret_backed_env_does_not(shared_dir, monkeypatch):
+    from rlhf_api.cluster import ClusterSpec
+
+    cluster = ClusterSpec.model_validate({"env": [
+        {"name": "PLAIN", "value": "7"},
+        {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]})
+    assert cluster.plain_env() == {"PLAIN": "7"}
+    monkeypatch.setenv("FROM_SECRET", "3")  # as the kubelet would set it in the worker's environment
+    with SandboxPool({"kind": "reward_func", "path": _reward(shared_dir, ENV_READER)}, size=1, timeout=30,
+                     env=cluster.plain_env()) as pool:
+        (outcome,) = pool.map([(["PLAIN", "FROM_SECRET"], ["", ""], [None, None])])
+    assert outcome.status == "ok" and outcome.value["rewards"] == [7.0, -1.0]
+
+
 def test_test_reward_on_a_hanging_reward_fails_at_its_timeout_instead_of_waiting(shared_dir):
     path = _reward(shared_dir, "import time\ndef reward_func(queries, prompts, labels):\n    time.sleep(3600)\n")
     data = shared_dir / "samples.jsonl"

@@ -173,13 +173,13 @@ class RewardWorker:
     """Loads the reward (function file in sandboxed processes, server client or reward model) once and
     scores batches; samples whose call raised, timed out or broke the contract come back as ``faults``."""
 
-    def __init__(self, kind: str, options: dict, policy: Optional[dict] = None):
-        self.kind, self.options, self.policy = kind, options, policy
+    def __init__(self, kind: str, options: dict, policy: Optional[dict] = None, env: Optional[dict[str, str]] = None):
+        self.kind, self.options, self.policy, self.env = kind, options, policy, env
         self.executor = None
 
     def setup(self) -> Optional[dict]:
         try:
-            self.executor = make_reward_executor(self.kind, self.options, self.policy)
+            self.executor = make_reward_executor(self.kind, self.options, self.policy, self.env)
         except RewardError as exc:
             return _fault(exc)
         return None
@@ -412,7 +412,7 @@ class Cluster:
             cluster._reward_actors = [
                 # on the head: the pod that cluster.rewardRuntimeClassName puts under its RuntimeClass
                 ray.remote(RewardWorker).options(num_cpus=0, runtime_env=env, resources={HEAD_NODE: 0.001}).remote(
-                    kind, options, spec.reward.model_dump())
+                    kind, options, spec.reward.model_dump(), spec.cluster.plain_env())
                 for _ in range(reward_workers)
             ]
         try:

@@ -134,7 +134,8 @@ def _answer(label: Any) -> str:
     return "" if label in (None, "") else f" {label}"
 
 
-def check_reward(path: str, rows: list[tuple[str, Any]], timeout: float, reward_spec: Any = None) -> CheckOutcome:
+def check_reward(path: str, rows: list[tuple[str, Any]], timeout: float, reward_spec: Any = None,
+                 env: Optional[dict[str, str]] = None) -> CheckOutcome:
     """Import ``path`` and call its reward_func once on ``rows`` as training does: in a sandboxed
     process (rlhf_workers.sandbox, with ``reward.sandbox``'s limits and network setting), bounded by
     ``timeout`` to load and to score; the result checked against the contract."""
@@ -149,7 +150,7 @@ def check_reward(path: str, rows: list[tuple[str, Any]], timeout: float, reward_
     sandbox = (reward_spec.model_dump().get("sandbox") if reward_spec is not None else None) or {}
     pool = SandboxPool({"kind": "reward_func", "path": path}, size=1, timeout=timeout, start_timeout=timeout,
                        limits=limits_from_spec(sandbox), network=bool(sandbox.get("network", False)),
-                       read_paths=sandbox.get("read_paths", ()))
+                       read_paths=sandbox.get("read_paths", ()), env=env)
     try:
         try:
             pool.start()
@@ -251,7 +252,7 @@ def run_check(config, rows: int = ROWS, timeout: Optional[float] = None) -> Chec
         # volume only the Ray pods mount): the code is still imported and called, on placeholders.
         picked, note = PLACEHOLDER_ROWS, f" (placeholder rows: the job's data could not be read here: {exc})"
     if config.reward_code_path:
-        outcome = check_reward(config.reward_code_path, picked, timeout, spec.reward)
+        outcome = check_reward(config.reward_code_path, picked, timeout, spec.reward, spec.cluster.plain_env())
     else:
         outcome = check_agent(config.agent_code_path, picked, timeout)
     return CheckOutcome(outcome.ok, outcome.message + note, outcome.exit_code)

@@ -59,10 +59,10 @@ class SandboxedFunctionReward(RewardExecutor):
 
     def __init__(self, path: str, *, timeout: float = 60.0, parallelism: Optional[int] = None, batch: str = "split",
                  fallback: float = 0.0, limits: Optional[Limits] = None, network: bool = False,
-                 read_paths: Sequence[str] = ()):
+                 read_paths: Sequence[str] = (), env: Optional[dict[str, str]] = None):
         self.where, self.batch, self.fallback = str(path), batch, fallback
         self.pool = SandboxPool({"kind": "reward_func", "path": str(path)}, size=1 if batch == "whole" else parallelism,
-                                timeout=timeout, limits=limits, network=network, read_paths=read_paths)
+                                timeout=timeout, limits=limits, network=network, read_paths=read_paths, env=env)
         try:
             self.report = self.pool.start()
         except SandboxStartError as exc:
@@ -153,10 +153,12 @@ class GuardedReward(RewardExecutor):
         self.inner.close()
 
 
-def make_reward_executor(kind: str, options: dict, policy: Optional[dict] = None) -> RewardExecutor:
+def make_reward_executor(kind: str, options: dict, policy: Optional[dict] = None,
+                         env: Optional[dict[str, str]] = None) -> RewardExecutor:
     """The executor a reward worker runs: ``function`` sandboxed, ``remote``/``model`` guarded.
 
-    ``policy`` is ``spec.reward`` dumped (snake_case); None keeps the defaults."""
+    ``policy`` is ``spec.reward`` dumped (snake_case); None keeps the defaults. ``env``: variables
+    the sandboxed function sees besides the allow-listed ones (``cluster.plain_env()``)."""
     policy = policy or {}
     timeout = float(policy.get("timeout_seconds", 60.0))
     fallback = float(policy.get("fallback_reward", 0.0)) if policy.get("on_error") == "fallback" else 0.0
@@ -165,7 +167,7 @@ def make_reward_executor(kind: str, options: dict, policy: Optional[dict] = None
         return SandboxedFunctionReward(options["path"], timeout=timeout, parallelism=policy.get("parallelism"),
                                        batch=policy.get("batch", "split"), fallback=fallback,
                                        limits=limits_from_spec(sandbox), network=bool(sandbox.get("network", False)),
-                                       read_paths=sandbox.get("read_paths", ()))
+                                       read_paths=sandbox.get("read_paths", ()), env=env)
     if kind == "remote":
         from .remote import RemoteReward
 
