@@ -165,6 +165,18 @@ class SandboxSpec(SpecModel):
         list[str], Field(default_factory=list, max_length=64, description="More paths the reward code may read "
                          "(system and Python directories and the reward file's directory are always readable)."),
     ]
+    write_paths: Annotated[
+        list[str], Field(default_factory=list, max_length=64, description="Directories the reward code may write, "
+                         "besides its private scratch directory (a volume for the programs it grades, say)."),
+    ]
+
+    @field_validator("read_paths", "write_paths")
+    @classmethod
+    def _absolute(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            if not path.startswith("/"):
+                raise ValueError(f"must be absolute paths, as the pod sees them (got {path!r})")
+        return paths
 
 
 class RewardSpec(RewardFaultPolicy):

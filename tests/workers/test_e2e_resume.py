@@ -73,6 +73,9 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_data_position(tmp_
         "training": {"maxSteps": 12, "episodes": 2, "rolloutBatchSize": 4, "seed": 5},
         "checkpoint": {"saveSteps": 2, "maxKeep": 2},
         "cluster": {"env": [{"name": "PROMPT_LOG", "value": str(log_dir)}]},
+        # One sandboxed reward process per run writes the log, outside its scratch directory.
+        "reward": {"parallelism": 1, "sandbox": {"writePaths": [str(log_dir)]}},
+        "preflight": False,  # the code check's own calls would log prompts too
     })
     job = write_job(tmp_path, spec, "resume")
     out = tmp_path / "out"
@@ -114,7 +117,7 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_data_position(tmp_
     stream = PromptStream(load_prompts(DataSpec(prompts=str(prompts), input_key="prompt"), make_tokenizer(), 64), 2, 5)
     expected = [[p.text for p in stream.take(4) for _ in range(2)] for _ in range(12)]
     logs = sorted(log_dir.glob("*.log"), key=lambda p: p.stat().st_mtime)
-    assert len(logs) == 2  # one reward worker per run
+    assert len(logs) == 2  # one reward process per run
     before = [json.loads(line) for line in logs[0].read_text().splitlines()]
     after = [json.loads(line) for line in logs[1].read_text().splitlines()]
     assert before == expected[:len(before)] and len(before) >= killed_at

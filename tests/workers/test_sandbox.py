@@ -135,6 +135,35 @@ def test_the_jobs_plain_env_reaches_the_reward_and_its_secret_backed_env_does_no
     assert outcome.status == "ok" and outcome.value["rewards"] == [7.0, -1.0]
 
 
+WRITER = '''
+def reward_func(queries, prompts, labels):
+    out = []
+    for path in queries:
+        try:
+            with open(path, "w") as f:
+                f.write("x")
+            out.append(1.0)
+        except OSError:
+            out.append(0.0)
+    return {"rewards": out}
+'''
+
+
+def test_write_paths_are_writable_and_the_rest_stays_read_only(shared_dir):
+    from rlhf_workers.sandbox.landlock import abi_version
+
+    if abi_version() < 1:
+        pytest.skip("Landlock is not available in this kernel")
+    allowed, other = shared_dir / "allowed", shared_dir / "other"
+    allowed.mkdir()
+    other.mkdir()
+    with SandboxPool({"kind": "reward_func", "path": _reward(shared_dir, WRITER)}, size=1, timeout=30,
+                     write_paths=[str(allowed)]) as pool:
+        (outcome,) = pool.map([([str(allowed / "a"), str(other / "b")], ["", ""], [None, None])])
+    assert outcome.status == "ok" and outcome.value["rewards"] == [1.0, 0.0]
+    assert (allowed / "a").read_text() == "x" and not (other / "b").exists()
+
+
 def test_test_reward_on_a_hanging_reward_fails_at_its_timeout_instead_of_waiting(shared_dir):
     path = _reward(shared_dir, "import time\ndef reward_func(queries, prompts, labels):\n    time.sleep(3600)\n")
     data = shared_dir / "samples.jsonl"

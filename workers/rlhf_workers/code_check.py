@@ -150,7 +150,7 @@ def check_reward(path: str, rows: list[tuple[str, Any]], timeout: float, reward_
     sandbox = (reward_spec.model_dump().get("sandbox") if reward_spec is not None else None) or {}
     pool = SandboxPool({"kind": "reward_func", "path": path}, size=1, timeout=timeout, start_timeout=timeout,
                        limits=limits_from_spec(sandbox), network=bool(sandbox.get("network", False)),
-                       read_paths=sandbox.get("read_paths", ()), env=env)
+                       read_paths=sandbox.get("read_paths", ()), write_paths=sandbox.get("write_paths", ()), env=env)
     try:
         try:
             pool.start()

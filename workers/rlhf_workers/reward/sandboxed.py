@@ -59,10 +59,11 @@ class SandboxedFunctionReward(RewardExecutor):
 
     def __init__(self, path: str, *, timeout: float = 60.0, parallelism: Optional[int] = None, batch: str = "split",
                  fallback: float = 0.0, limits: Optional[Limits] = None, network: bool = False,
-                 read_paths: Sequence[str] = (), env: Optional[dict[str, str]] = None):
+                 read_paths: Sequence[str] = (), write_paths: Sequence[str] = (), env: Optional[dict[str, str]] = None):
         self.where, self.batch, self.fallback = str(path), batch, fallback
         self.pool = SandboxPool({"kind": "reward_func", "path": str(path)}, size=1 if batch == "whole" else parallelism,
-                                timeout=timeout, limits=limits, network=network, read_paths=read_paths, env=env)
+                                timeout=timeout, limits=limits, network=network, read_paths=read_paths,
+                                write_paths=write_paths, env=env)
         try:
             self.report = self.pool.start()
         except SandboxStartError as exc:
@@ -167,7 +168,8 @@ def make_reward_executor(kind: str, options: dict, policy: Optional[dict] = None
         return SandboxedFunctionReward(options["path"], timeout=timeout, parallelism=policy.get("parallelism"),
                                        batch=policy.get("batch", "split"), fallback=fallback,
                                        limits=limits_from_spec(sandbox), network=bool(sandbox.get("network", False)),
-                                       read_paths=sandbox.get("read_paths", ()), env=env)
+                                       read_paths=sandbox.get("read_paths", ()),
+                                       write_paths=sandbox.get("write_paths", ()), env=env)
     if kind == "remote":
         from .remote import RemoteReward
 

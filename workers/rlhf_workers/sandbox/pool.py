@@ -152,7 +152,7 @@ class _Worker:
         os.chmod(self.scratch, 0o700)
         request_r, self.request_w = os.pipe()
         self.reply_r, reply_w = os.pipe()
-        config = {**self.config, "write_paths": [self.scratch, "/dev/null"]}
+        config = {**self.config, "write_paths": [self.scratch, "/dev/null", *self.config.get("write_paths", ())]}
         env = sandbox_env(self.scratch, extra=self.config.get("env"))
         env["PYTHONPATH"] = os.pathsep.join(p for p in [*sys.path, env.get("PYTHONPATH", "")] if p)
         try:
@@ -280,13 +280,15 @@ class SandboxPool:
         timeout: wall-clock seconds one call may take.
         limits: per-process limits.
         read_paths: more paths the code may read (beyond :func:`default_read_paths`).
+        write_paths: directories the code may write besides its scratch directory.
         network: let the code use the network (default: no).
         landlock: confine the file system with Landlock where the kernel has it.
         start_timeout: seconds a worker may take to load the code (default: ``timeout + 60``).
     """
 
     def __init__(self, target: dict, *, size: Optional[int] = None, timeout: float = 60.0,
-                 limits: Optional[Limits] = None, read_paths: Sequence[str] = (), network: bool = False,
+                 limits: Optional[Limits] = None, read_paths: Sequence[str] = (), write_paths: Sequence[str] = (),
+                 network: bool = False,
                  landlock: bool = True, start_timeout: Optional[float] = None, scratch_root: Optional[str] = None,
                  env: Optional[dict] = None):
         self.size = max(1, size or available_cores())
@@ -295,6 +297,7 @@ class SandboxPool:
         self.limits = limits or Limits()
         extra = list(read_paths) + ([os.path.dirname(os.path.abspath(target["path"]))] if target.get("path") else [])
         config = {"target": target, "limits": self.limits.to_dict(), "read_paths": default_read_paths(extra),
+                  "write_paths": list(write_paths),
                   "network": network, "landlock": landlock, "env": dict(env or {})}
         self._workers = [_Worker(config, self.limits, scratch_root) for _ in range(self.size)]
         self.replaced = 0
