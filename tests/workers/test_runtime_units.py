@@ -402,3 +402,32 @@ def test_agent_contract_errors_are_readable(tmp_path, tokenizer):
     (tmp_path / "empty.py").write_text("x = 1\n")
     with pytest.raises(AgentError, match="neither AgentExecutor nor AgentInstance"):
         load_agent(str(tmp_path / "empty.py"))
+
+
+def test_an_episode_cut_to_one_turn_by_the_token_budget_is_counted_and_warned_once(tmp_path, tokenizer, caplog):
+    from rlhf_workers.agent import AgentRunner
+
+    path = tmp_path / "agent_func.py"
+    path.write_text(AGENT_FILE)  # done after its second turn
+    rollout = SimpleNamespace(max_new_tokens=8, temperature=1.0, top_p=1.0, top_k=-1)
+    prompts = [SimpleNamespace(text="Q:", label="7")] * 3
+
+    def runner(max_length):
+        r = AgentRunner(str(path), cluster=None, tokenizer=tokenizer, max_steps=5, max_length=max_length,
+                        rollout_spec=rollout)
+        r.client = FakeEngine()
+        return r
+
+    roomy = runner(64)  # room for both turns
+    roomy.run(prompts, 1)
+    assert roomy.take_episode_stats() == {"agent/turns_mean": 2.0, "agent/cut_to_one_turn": 0}
+
+    tight = runner(4)  # "Q:" + the first action's two tokens spend the budget
+    with caplog.at_level("WARNING", logger="rlhf_workers.agent"):
+        tight.run(prompts, 1)
+        assert tight.take_episode_stats() == {"agent/turns_mean": 1.0, "agent/cut_to_one_turn": 3}
+        tight.run(prompts, 1)
+        assert tight.take_episode_stats()["agent/cut_to_one_turn"] == 3
+    warnings = [r.getMessage() for r in caplog.records if "single turn" in r.getMessage()]
+    assert len(warnings) == 1 and "= 4 tokens" in warnings[0] and "agent.maxSteps = 5" in warnings[0]
+    assert tight.take_episode_stats() == {}  # nothing since the last call

@@ -37,6 +37,7 @@ import asyncio
 import copy
 import importlib.util
 import inspect
+import logging
 import math
 import sys
 import threading
@@ -47,6 +48,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 class AgentError(RuntimeError):
@@ -148,10 +151,11 @@ class AgentExecutorBase(ABC):
         observation = reset.get("observation", prompt) if isinstance(reset, dict) else prompt
         prompt_ids = tokenizer(observation, add_special_tokens=False)["input_ids"]
         tokens, mask, logprobs = list(prompt_ids), [], []
-        total_reward, score, extra_logs, steps = 0.0, None, {}, 0
+        total_reward, score, extra_logs, steps, out_of_tokens, done = 0.0, None, {}, 0, False, False
         while steps < self.max_steps:
             budget = self.max_length - len(tokens)
             if budget <= 0:
+                out_of_tokens = True
                 break
             params = copy.copy(sampling_params)
             params.max_tokens = max(1, min(int(getattr(params, "max_tokens", budget) or budget), budget))
@@ -181,6 +185,8 @@ class AgentExecutorBase(ABC):
             "prompt": prompt, "label": label, "observation_tokens": tokens, "prompt_length": len(prompt_ids),
             "action_mask": mask, "rollout_log_probs": logprobs, "reward": total_reward,
             "scores": total_reward if score is None else score, "extra_logs": extra_logs, "steps": steps,
+            # the episode wanted another turn but the token budget was spent
+            "out_of_tokens": out_of_tokens or (steps < self.max_steps and not done and len(tokens) >= self.max_length),
         }
         if self.result_queue is not None:
             put = self.result_queue.put(episode)
@@ -346,10 +352,27 @@ class AgentRunner:
     client: EngineClient = field(init=False)
     faults: list = field(init=False, default_factory=list)  #: the last rollout's faulted episodes
     policy: Any = None  #: ``spec.agent`` (timeoutSeconds, onError, fallbackReward); None: no timeout
+    _turns: list = field(init=False, default_factory=list)  #: (turns, out of tokens) of episodes not yet logged
+    _warned: bool = field(init=False, default=False)
 
     def __post_init__(self):
         self.executor_cls, self.instance_cls = load_agent(self.path)
         self.client = EngineClient(self.cluster, self.tokenizer)
+
+    def take_episode_stats(self) -> dict[str, float]:
+        """``agent/turns_mean`` and ``agent/cut_to_one_turn`` (episodes that wanted a second turn but had
+        spent the token budget) since the last call; the first time one is cut, a warning with the numbers."""
+        turns, self._turns = self._turns, []
+        if not turns:
+            return {}
+        cut = sum(1 for steps, out in turns if out and steps <= 1)
+        if cut and not self._warned and self.max_steps > 1:
+            self._warned = True
+            logger.warning("%d of %d agent episodes ran a single turn: the episode's token budget (rollout.promptMaxLen +"
+                           " rollout.maxNewTokens = %d tokens) was spent after the first action, so agent.maxSteps = %d"
+                           " turns never happen; raise those limits to train multi-turn", cut, len(turns),
+                           self.max_length, self.max_steps)
+        return {"agent/turns_mean": sum(steps for steps, _ in turns) / len(turns), "agent/cut_to_one_turn": cut}
 
     def _executor(self):
         if self.executor_cls is not None:
@@ -401,6 +424,7 @@ class AgentRunner:
 
         episodes = asyncio.run(all_episodes())
         self.faults.sort(key=lambda f: f.sample_index)
+        self._turns += [(ep["steps"], ep.get("out_of_tokens", False)) for ep in episodes]
         return episodes
 
     def _stand_in(self, prompt) -> dict:

@@ -184,6 +184,7 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
             row.update(rollout_metrics(batch.generated, batch.groups, batch.groups_generated, reward.extra_logs))
             row.update(fault_row)
             tokens = s.agent.client.take_token_count() if s.agent else sum(len(x.response_ids) for x in batch.generated)
+            row.update(s.agent.take_episode_stats() if s.agent else {})
             if spec.checkpoint.save_steps > 0 and step % spec.checkpoint.save_steps == 0 and step < s.total_steps:
                 with t("checkpoint"):
                     s.save_checkpoint(step, row)
