@@ -215,6 +215,8 @@ class HeadPod:
                   str(self.poll_interval), str(self.poll_timeout), f"{RESULTS}/reports.jsonl"]
         return "\n".join([
             "set -u",
+            f"touch /home/ray/probe 2> {RESULTS}/root-write.log",  # as the pod's user, before Ray starts
+            f"touch {head_env.get('XDG_CACHE_HOME', '/home/ray/.cache')}/probe 2> {RESULTS}/cache-write.log",
             f"{self._env(head_env)} {shlex.join(command)} {shlex.quote(args[0])} > {RESULTS}/head.log 2>&1 &",
             f"{self._env({**head_env, 'PYTHONUNBUFFERED': '1'})} {shlex.join(poller)} > {RESULTS}/poller.log 2>&1 &",
             f"{self._env(submitter_env)} {shlex.join(submitter['command'])} {shlex.quote(submitter['args'][0])} "
