@@ -170,6 +170,7 @@ def test_distributed_zero3_two_trainers_gae_kl_and_a_pipeline_reward(ray_cluster
         "rollout": {"backend": "vllm"},
         "training": {"maxSteps": 2, "zeroStage": 3, "trainers": 2, "microBatchSize": 2},
         "cluster": {"placement": "distributed", "env": [{"name": "REWARD_CLASSIFIER_DIR", "value": str(classifier)}]},
+        "reward": {"sandbox": {"readPaths": [str(classifier)]}},  # the sandbox reads nothing else outside its walls
     }, reward=DATA / "reward_classifier.py")
     assert run(path, tmp_path / "out") == 0
     rows = metrics(tmp_path / "out")
@@ -411,7 +412,9 @@ def test_reward_violation_stops_the_run_with_a_readable_error(ray_cluster, job, 
     _, expected = VIOLATIONS[kind]
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"p{i}", "target": "a"}) + "\n" for i in range(4)))
-    path = job({"training": {"maxSteps": 1}}, reward=_violating_reward(tmp_path, kind), prompts=prompts)
+    # preflight off: the code check before Ray would stop this run first (exit 2; test_code_check covers it)
+    path = job({"training": {"maxSteps": 1}, "preflight": False}, reward=_violating_reward(tmp_path, kind),
+               prompts=prompts)
     assert run(path, tmp_path / "out") == 1
     err = capsys.readouterr().err
     message = err[err.index("rlhf run: reward error"):]

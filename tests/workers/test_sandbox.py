@@ -379,10 +379,10 @@ def test_split_batches_come_back_in_order_and_only_the_raising_sample_is_a_fault
 
     reward = SandboxedFunctionReward(_reward(shared_dir, BATCH_AWARE), parallelism=2, timeout=30)
     try:
-        result = reward.score(["a", "b", "c", "d", "bad", "f"], ["p"] * 6)
+        result = reward.score(["a", "b", "c", "d", "bad", "f"], ["p1"] * 3 + ["p2"] * 3)
     finally:
         reward.close()
-    # chunks [a b c] and [d bad f]; the second raised, so its samples were scored one by one
+    # chunks [a b c] and [d bad f] (one prompt group each); the second raised, so its samples were scored one by one
     assert result.rewards.tolist() == pytest.approx([3.0, 3.01, 3.02, 1.0, 0.0, 1.0])
     assert [(f.sample_index, f.kind) for f in result.faults] == [(4, "raised")]
     assert "ValueError: bad sample" in result.faults[0].message
@@ -393,7 +393,7 @@ def test_a_chunk_that_timed_out_is_rescored_sample_by_sample_when_others_ended(s
 
     reward = SandboxedFunctionReward(_reward(shared_dir, SLEEPY), parallelism=2, timeout=2)
     try:
-        result = reward.score(["a", "bb", "ccc", "dddd", "sleep:3600", "ffffff"], ["p"] * 6)
+        result = reward.score(["a", "bb", "ccc", "dddd", "sleep:3600", "ffffff"], ["p1"] * 3 + ["p2"] * 3)
         assert result.rewards.tolist()[:4] + result.rewards.tolist()[5:] == [1.0, 2.0, 3.0, 4.0, 6.0]
         assert [(f.sample_index, f.kind) for f in result.faults] == [(4, "timeout")]
         everything_hangs = reward.score(["sleep:3600"] * 4, ["p"] * 4)  # no chunk ended: no second round
@@ -472,3 +472,18 @@ def test_the_code_exec_example_keeps_the_seed_semantics_in_the_sandbox(shared_di
         reward.close()
     assert not result.faults
     assert result.rewards.tolist() == pytest.approx(list(PROGRAMS.values()))
+
+
+def test_the_batch_is_split_at_prompt_group_boundaries_into_balanced_chunks():
+    from rlhf_workers.reward.sandboxed import chunk_bounds
+
+    groups = [p for p in "abcdef" for _ in range(4)]  # 6 prompts × 4 samples, prompt-major
+    bounds = chunk_bounds(groups, 2)
+    assert bounds == [(0, 12), (12, 24)]
+    for parts in (3, 4, 5):
+        bounds = chunk_bounds(groups, parts)
+        assert len(bounds) == parts and bounds[0][0] == 0 and bounds[-1][1] == 24
+        assert all(a % 4 == 0 and b % 4 == 0 for a, b in bounds)  # never inside a group
+        assert all(b1 == a2 for (_, b1), (a2, _) in zip(bounds, bounds[1:]))  # contiguous, in order
+    assert chunk_bounds(["x"] * 6, 3) == [(0, 6)]  # one group: one chunk
+    assert chunk_bounds(list("abc"), 8) == [(0, 1), (1, 2), (2, 3)]

@@ -74,14 +74,7 @@ class SandboxedFunctionReward(RewardExecutor):
     def score(self, queries, prompts, labels=None) -> RewardResult:
         labels = check_inputs(queries, prompts, labels)
         queries, prompts = list(queries), list(prompts)
-        n = len(queries)
-        parts = 1 if self.batch == "whole" else min(n, self.pool.size)
-        size, extra = divmod(n, parts)
-        bounds, start = [], 0
-        for k in range(parts):
-            stop = start + size + (k < extra)
-            bounds.append((start, stop))
-            start = stop
+        bounds = chunk_bounds(prompts, 1 if self.batch == "whole" else self.pool.size)
         outcomes = self.pool.map([(queries[a:b], prompts[a:b], labels[a:b]) for a, b in bounds])
         again = self._rerun(bounds, outcomes)
         singles = dict(zip(again, self.pool.map([(queries[i:i + 1], prompts[i:i + 1], labels[i:i + 1]) for i in again])))
@@ -116,6 +109,25 @@ class SandboxedFunctionReward(RewardExecutor):
 
     def close(self) -> None:
         self.pool.close()
+
+
+def chunk_bounds(prompts: Sequence[str], parts: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of at most ``parts`` contiguous chunks of about equal size that never cut a
+    prompt group (the samples of one prompt lie together, prompt-major): a reward that compares the
+    samples of a group, or counts positions within it, sees each group whole."""
+    n = len(prompts)
+    starts = [i for i in range(n) if i == 0 or prompts[i] != prompts[i - 1]]  # where each group begins
+    parts = max(1, min(parts, len(starts)))
+    bounds, start = [], 0
+    for k in range(1, parts):
+        target = round(n * k / parts)
+        cut = min((i for i in starts if i > start), key=lambda i: abs(i - target), default=None)
+        if cut is None or cut >= n:
+            break
+        bounds.append((start, cut))
+        start = cut
+    bounds.append((start, n))
+    return [(a, b) for a, b in bounds if b > a]
 
 
 class GuardedReward(RewardExecutor):
