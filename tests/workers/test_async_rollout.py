@@ -109,22 +109,6 @@ def test_an_error_in_the_rollout_thread_reaches_the_loop():
 # --------------------------------------------------------------------------- a whole job
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from rlhf_workers.tiny import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
 @pytest.mark.slow
 def test_async_job_in_the_distributed_placement_trains_one_version_behind(ray_cluster, tiny, tmp_path):
     """placement auto + async: the job runs distributed, every step trains a batch sampled at most

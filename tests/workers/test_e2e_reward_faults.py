@@ -22,22 +22,6 @@ pytestmark = pytest.mark.slow
 PROMPTS = [{"prompt": f"p{i}", "target": "a"} for i in range(4)]  # a step: 4 groups x 2 samples; 2 episodes
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from rlhf_workers.tiny import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
 def _job(tmp_path: Path, tiny: Path, reward_body: str, reward: dict) -> Path:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))

@@ -23,22 +23,6 @@ SEED = Path("/work/shared/seed/custom-reward-functions.md")
 DATA = Path(__file__).parent / "data"
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from rlhf_workers.tiny import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
 ASCII_REWARD = '''
 import torch
 

@@ -108,22 +108,6 @@ def test_a_loader_that_stops_early_is_an_error_not_a_hang(tmp_path):
 # --------------------------------------------------------------------------- on Ray, DeepSpeed and vLLM
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from rlhf_workers.tiny import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method,backend", [("collective", "gloo"), ("objectStore", "object_store")])
 def test_distributed_zero3_push_makes_every_engine_sample_with_the_trainer_weights(ray_cluster, tiny, method, backend):
