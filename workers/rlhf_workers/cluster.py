@@ -382,9 +382,10 @@ class Cluster:
             raise RuntimeError(
                 f"Ray could not place the workers within {PLACEMENT_TIMEOUT_S:.0f}s: they need {bundles}"
                 f" and the cluster has {ray.cluster_resources()}")
-        # spec.cluster.env reaches every pod on Kubernetes; give it to every worker process too (local runs).
+        # spec.cluster.env reaches every pod on Kubernetes; give its literal values to every worker process
+        # too (local runs: a valueFrom entry has no value here, and must not blank the variable).
         env = {"env_vars": {**WORKER_ENV, **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
-                            **{e.name: e.value for e in spec.cluster.env}}}
+                            **spec.cluster.plain_env()}}
         payload = spec.model_dump(mode="json")
         worlds: dict[str, list] = {}
         engine_index = 0
