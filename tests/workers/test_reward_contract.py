@@ -265,6 +265,20 @@ def test_load_from_path_and_inline_source(tmp_path):
     assert "reward_func" not in sys.modules or sys.modules["reward_func"] is not None
 
 
+def test_a_reward_file_imports_a_module_beside_it_without_shadowing_installed_ones(tmp_path):
+    (tmp_path / "grading_helpers.py").write_text("SCALE = 0.25\n")
+    (tmp_path / "json.py").write_text("raise RuntimeError('a sibling shadowed the standard library')\n")
+    code = """
+    import json
+    from grading_helpers import SCALE
+
+    def reward_func(queries, prompts, labels):
+        return {'rewards': [SCALE * len(json.dumps(q)) for q in queries]}
+    """
+    fn = load_reward_function(write(tmp_path, "sibling_reward.py", code))
+    assert call_reward_function(fn, ["ab"], ["a"], None).rewards.tolist() == [1.0]  # len('"ab"') * 0.25
+
+
 def test_module_level_setup_runs_once(tmp_path):
     counter = tmp_path / "setup.txt"
     code = f"""

@@ -85,6 +85,10 @@ def load_reward_function(
         st = path.stat()
         key: tuple = ("file", where, st.st_size, st.st_mtime_ns, module_name)
         code = path.read_text(encoding="utf-8")
+        # Modules beside the file import as they would from Ray's working directory (and as the
+        # import check resolves them): after the installed ones, so a sibling never shadows them.
+        if str(path.parent) not in sys.path:
+            sys.path.append(str(path.parent))
     else:
         code = str(source)
         digest = hashlib.sha256(code.encode()).hexdigest()[:16]
