@@ -74,23 +74,31 @@ def validate(body: kopf.Body, old: Optional[dict], operation: Optional[str], mem
         check_tokens(memo, dict(userinfo or {}), namespace, tokens)
 
 
+def _review(field: str, ask, what: str, refused: str) -> None:
+    """One SubjectAccessReview (``ask()`` -> (allowed, reason)); refuse the request when it says no
+    or does not answer (no answer is no permission). ``what`` and ``refused`` word the message."""
+    try:
+        allowed, reason = ask()
+    except (ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
+        why = answer_of(exc).message if isinstance(exc, ApiException) else str(exc)
+        raise kopf.AdmissionError(f"{field}: could not check whether {what} (SubjectAccessReview failed: {why});"
+                                  " try again", code=500)
+    if not allowed:
+        # replace, not format: user and object names are the user's text
+        raise kopf.AdmissionError(refused.replace("{reason}", f" ({reason})" if reason else "", 1), code=403)
+
+
 def check_tokens(memo: "OperatorContext", user: dict[str, Any], namespace: Optional[str],
                  tokens: list[TokenReference]) -> None:
     """Refuse the request unless ``user`` may request the API token the pods would get mounted."""
     who = user.get("username") or "the requesting user"
     for ref in tokens:
         account = f'ServiceAccount "{ref.service_account}"'
-        try:
-            allowed, reason = memo.kube.may_request_token(user, namespace or "", ref.service_account)
-        except (ApiException, OSError, urllib3.exceptions.HTTPError) as exc:  # no answer is no permission
-            why = answer_of(exc).message if isinstance(exc, ApiException) else str(exc)
-            raise kopf.AdmissionError(f"{ref.field}: could not check whether {who} may request a token of {account}"
-                                      f" (SubjectAccessReview failed: {why}); try again", code=500)
-        if not allowed:
-            raise kopf.AdmissionError(
+        _review(ref.field, lambda: memo.kube.may_request_token(user, namespace or "", ref.service_account),
+                f"{who} may request a token of {account}",
                 f"{ref.field}: {who} may not request a token of {account} in namespace {namespace} (`create` on"
-                f" serviceaccounts/token), so a job of theirs may not mount one either{f' ({reason})' if reason else ''};"
-                " set automountServiceAccountToken: false, or ask for that permission", code=403)
+                " serviceaccounts/token), so a job of theirs may not mount one either{reason};"
+                " set automountServiceAccountToken: false, or ask for that permission")
 
 
 def check_secrets(memo: "OperatorContext", user: dict[str, Any], namespace: Optional[str],
@@ -98,14 +106,7 @@ def check_secrets(memo: "OperatorContext", user: dict[str, Any], namespace: Opti
     """Refuse the request unless ``user`` may `get` every Secret in ``refs`` (one review each)."""
     who = user.get("username") or "the requesting user"
     for ref in refs:
-        try:
-            allowed, reason = memo.kube.may_read_secret(user, namespace or "", ref.name)
-        except (ApiException, OSError, urllib3.exceptions.HTTPError) as exc:  # no answer is no permission
-            why = answer_of(exc).message if isinstance(exc, ApiException) else str(exc)
-            raise kopf.AdmissionError(f'{ref.field}: could not check whether {who} may read Secret "{ref.name}"'
-                                      f" (SubjectAccessReview failed: {why}); try again", code=500)
-        if not allowed:
-            raise kopf.AdmissionError(
+        _review(ref.field, lambda: memo.kube.may_read_secret(user, namespace or "", ref.name),
+                f'{who} may read Secret "{ref.name}"',
                 f'{ref.field}: {who} may not read Secret "{ref.name}" in namespace {namespace}, so a job of theirs'
-                f" may not use it either{f' ({reason})' if reason else ''}; ask for `get` on it or use a Secret you"
-                " can read", code=403)
+                " may not use it either{reason}; ask for `get` on it or use a Secret you can read")
