@@ -24,6 +24,7 @@ from . import channel
 from .landlock import LandlockError, restrict
 from .limits import Limits, apply_rlimits, set_call_cpu_limit
 from .netns import NamespaceError, isolate
+from .reap import become_subreaper
 from .values import NotPlain, to_plain
 
 __all__ = ["contain", "main", "ProcessExitCalled", "PROC_READ"]
@@ -57,6 +58,9 @@ def contain(config: dict) -> dict:
     report: dict[str, Any] = {}
     apply_rlimits(Limits(**config["limits"]))
     report["rlimits"] = True
+    # orphans of what the code starts (setsid, double forks) stay below this process, where the pool's kill finds them
+    report["processes"] = ("all ended with this process (child subreaper)" if become_subreaper()
+                           else "a process leaving its session may outlive a kill (prctl refused)")
     if config.get("network", False):
         report["network"] = "allowed by configuration"
     else:
@@ -67,7 +71,8 @@ def contain(config: dict) -> dict:
             report["network"] = f"not isolated by a namespace ({exc.strerror or exc})"
     if config.get("landlock", True):
         try:
-            enforced = restrict([*config["read_paths"], *PROC_READ], config["write_paths"])
+            enforced = restrict([*config["read_paths"], *PROC_READ], config["write_paths"],
+                                list_paths=["/proc"])  # pids only: run_command finds what it must end
             report["filesystem"] = f"read-only outside scratch (Landlock ABI {enforced['abi']})"
             if enforced["tcp_blocked"] and not report["network"].startswith("none"):
                 report["network"] = "TCP bind/connect refused by Landlock; UDP and UNIX sockets still open"

@@ -77,8 +77,10 @@ def _fs_rights(abi: int) -> int:
     return rights
 
 
-def restrict(read_paths: Iterable[str], write_paths: Iterable[str], *, block_tcp: bool = True) -> dict:
-    """Confine this process (and its future children) to read ``read_paths`` and read/write ``write_paths``.
+def restrict(read_paths: Iterable[str], write_paths: Iterable[str], *, list_paths: Iterable[str] = (),
+             block_tcp: bool = True) -> dict:
+    """Confine this process (and its future children) to read ``read_paths`` and read/write ``write_paths``;
+    ``list_paths`` are directories whose entries (names only, no file in them) may be listed.
 
     Paths that do not exist are skipped. Returns what was enforced: ``{"abi": n, "tcp_blocked": bool,
     "scoped": bool}``. Raises :class:`LandlockError` when Landlock is unavailable.
@@ -98,7 +100,7 @@ def restrict(read_paths: Iterable[str], write_paths: Iterable[str], *, block_tcp
         size = 24
     ruleset = _syscall(_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     try:
-        for paths, rights in ((read_paths, _READ), (write_paths, fs)):
+        for paths, rights in ((read_paths, _READ), (write_paths, fs), (list_paths, _READ_DIR)):
             for path in paths:
                 _allow(ruleset, path, rights)
         if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:

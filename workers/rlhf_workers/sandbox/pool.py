@@ -29,6 +29,7 @@ from typing import Any, Optional, Sequence
 
 from . import channel
 from .limits import Limits, SERVICE_ACCOUNT_DIRS, cache_dirs, sandbox_env
+from .reap import kill_tree
 from .values import from_plain
 
 __all__ = ["SandboxPool", "Outcome", "SandboxStartError", "default_read_paths", "available_cores"]
@@ -242,8 +243,10 @@ class _Worker:
         self._close()
 
     def kill(self) -> None:
-        """End the worker and everything it started in its process group."""
+        """End the worker and everything it started: its descendants first, found through /proc and
+        frozen until none is left (those that left its session too: it is their subreaper), then it."""
         if self.proc is not None and self.proc.poll() is None:
+            kill_tree(self.proc.pid)
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
