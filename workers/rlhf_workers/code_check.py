@@ -26,6 +26,7 @@ import inspect
 import json
 import os
 import signal
+import sys
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,10 +45,11 @@ class CheckOutcome:
     ok: bool
     message: str
     exit_code: int = EXIT_PASSED
+    warning: str = ""  #: a pass with faults the job's policy tolerates (also the message's last part)
 
     def to_json(self) -> str:
         message = self.message if len(self.message) <= MESSAGE_MAX else self.message[:MESSAGE_MAX - 1] + "…"
-        return json.dumps({"ok": self.ok, "message": message})
+        return json.dumps({"ok": self.ok, "message": message, **({"warning": self.warning[:300]} if self.warning else {})})
 
 
 class _TimedOut(BaseException):
@@ -138,8 +140,11 @@ def check_reward(path: str, rows: list[tuple[str, Any]], timeout: float, reward_
                  env: Optional[dict[str, str]] = None) -> CheckOutcome:
     """Import ``path`` and call its reward_func once on ``rows`` as training does: in a sandboxed
     process (rlhf_workers.sandbox, with ``reward.sandbox``'s limits and network setting), bounded by
-    ``timeout`` to load and to score; the result checked against the contract."""
-    from .reward import RewardError, validate_reward_output
+    ``timeout`` to load and to score; the result checked against the contract.
+
+    A call that raised is made again row by row, as training scores a chunk that raised; rows that
+    still fault on their own are judged by the job's policy (:func:`_judge_rows`): the check fails
+    only when more than ``reward.maxErrorRate`` of them, or all of them, faulted."""
     from .reward.sandboxed import limits_from_spec
     from .sandbox import SandboxPool, SandboxStartError
 
@@ -157,28 +162,89 @@ def check_reward(path: str, rows: list[tuple[str, Any]], timeout: float, reward_
         except SandboxStartError as exc:
             return CheckOutcome(False, f"{Path(path).name} could not be loaded: {_first_lines(str(exc))}", EXIT_FAILED)
         (outcome,) = pool.map([(queries, prompts, labels)])
+        singles = pool.map([([q], [p], [lb]) for q, p, lb in zip(queries, prompts, labels)]) \
+            if outcome.status == "raised" and len(rows) > 1 else []
     finally:
         pool.close()
     where = f" on {len(rows)} rows of the job's data"
-    error = outcome.error or {}
     if outcome.status == "timeout":
         return CheckOutcome(False, f"reward_func did not return within reward.timeoutSeconds ({timeout:g} s){where}"
                                    " and was killed", EXIT_FAILED)
+    if singles:
+        return _judge_rows(path, rows, singles, _fault_text(outcome), reward_spec, where)
     if not outcome.ok:
-        line = f" at {_located(error['line'])}" if error.get("line") else ""
-        return CheckOutcome(False, f"reward_func {'raised ' if outcome.status == 'raised' else ''}"
-                                   f"{error.get('type', 'Error')}: {error.get('message', '')}{line}{where}", EXIT_FAILED)
+        return CheckOutcome(False, f"reward_func {_fault_text(outcome)}{where}", EXIT_FAILED)
+    rewards = _contract(path, outcome.value, prompts)
+    if isinstance(rewards, CheckOutcome):
+        return CheckOutcome(False, f"{rewards.message}{where}", EXIT_FAILED)
+    return CheckOutcome(True, f"reward_func passed{where}, in its sandbox"
+                              f" (rewards {', '.join(f'{r:.4g}' for r in rewards)})")
+
+
+def _fault_text(outcome) -> str:
+    """``raised ValueError: message at reward_func.py, line 6: code`` for a faulted call."""
+    error = outcome.error or {}
+    line = f" at {_located(error['line'])}" if error.get("line") else ""
+    return (f"{'raised ' if outcome.status == 'raised' else ''}"
+            f"{error.get('type', 'Error')}: {error.get('message', '')}{line}")
+
+
+def _contract(path: str, value: Any, prompts: list[str]):
+    """The rewards of a call that returned ``value`` on ``prompts``; a failed CheckOutcome when it
+    breaks the contract (one finite reward per query, scores in [0, 1], ...)."""
+    from .reward import RewardError, validate_reward_output
+
     try:
-        result = validate_reward_output(outcome.value, len(rows), prompts, source=path)
+        result = validate_reward_output(value, len(prompts), prompts, source=path)
     except RewardError as exc:
-        return CheckOutcome(False, f"{_first_lines(exc.message)}{where}", EXIT_FAILED)
+        return CheckOutcome(False, _first_lines(exc.message), EXIT_FAILED)
     scores = result.scores.tolist() if result.scores_given else []
     outside = [i for i, v in enumerate(scores) if not 0.0 <= v <= 1.0]
     if outside:
         return CheckOutcome(False, f"reward_func returned scores[{outside[0]}] = {scores[outside[0]]:.4g}; scores"
                                    " must lie in [0, 1] (they drive dynamic filtering)", EXIT_FAILED)
-    return CheckOutcome(True, f"reward_func passed{where}, in its sandbox"
-                              f" (rewards {', '.join(f'{float(r):.4g}' for r in result.rewards)})")
+    return [float(r) for r in result.rewards]
+
+
+def _judge_rows(path: str, rows: list, singles: list, batch_error: str, reward_spec: Any, where: str) -> CheckOutcome:
+    """The verdict once each row was scored alone (the call on all rows raised ``batch_error``).
+
+    A row that raised or timed out is a fault, as in training; the check fails when every row
+    faulted or more than ``reward.maxErrorRate`` of them did, and passes with a warning quoting the
+    first fault otherwise. A row whose value breaks the contract fails the check (training would
+    count it invalid on every step)."""
+    rewards: list[Optional[float]] = []
+    faults: list[tuple[int, str]] = []
+    for i, (outcome, (prompt, _)) in enumerate(zip(singles, rows)):
+        if outcome.status in ("raised", "timeout"):
+            faults.append((i, _fault_text(outcome)))
+            rewards.append(None)
+            continue
+        value = _contract(path, outcome.value, [prompt]) if outcome.ok else \
+            CheckOutcome(False, f"reward_func {_fault_text(outcome)}", EXIT_FAILED)
+        if isinstance(value, CheckOutcome):
+            return CheckOutcome(False, f"{value.message} (row {i} alone){where}", EXIT_FAILED)
+        rewards.append(value[0])
+    n, limit = len(rows), float(getattr(reward_spec, "max_error_rate", 0.2))
+    shown = ", ".join("-" if r is None else f"{r:.4g}" for r in rewards)
+    if not faults:
+        warning = (f"the call on all rows at once {batch_error}, but each row alone passed (training scores such "
+                   f"a call again row by row, which costs time)")
+        return CheckOutcome(True, f"reward_func passed{where}, in its sandbox (rewards {shown}); warning: {warning}",
+                            warning=warning)
+    share = len(faults) / n
+    first = f"row {faults[0][0]}: reward_func {faults[0][1]}"
+    if len(faults) == n or share > limit:
+        why = "every row" if len(faults) == n else f"{share:.0%} > reward.maxErrorRate {limit:.0%}"
+        return CheckOutcome(False, f"reward_func faulted on {len(faults)} of {n} rows{where} ({why}); first error: "
+                                   f"{first}", EXIT_FAILED)
+    policy = getattr(reward_spec, "on_error", "skip")
+    treated = "skips them" if policy == "skip" else \
+        f"gives them reward.fallbackReward ({float(getattr(reward_spec, 'fallback_reward', 0.0)):g})"
+    warning = (f"reward_func faulted on {len(faults)} of {n} rows ({share:.0%}, within reward.maxErrorRate "
+               f"{limit:.0%}; training counts them as faults and {treated}); first error: {first}")
+    return CheckOutcome(True, f"reward_func passed{where}, in its sandbox (rewards {shown}); warning: {warning}",
+                        warning=warning)
 
 
 def _located(line: str) -> str:
@@ -255,7 +321,7 @@ def run_check(config, rows: int = ROWS, timeout: Optional[float] = None) -> Chec
         outcome = check_reward(config.reward_code_path, picked, timeout, spec.reward, spec.cluster.plain_env())
     else:
         outcome = check_agent(config.agent_code_path, picked, timeout)
-    return CheckOutcome(outcome.ok, outcome.message + note, outcome.exit_code)
+    return CheckOutcome(outcome.ok, outcome.message + note, outcome.exit_code, outcome.warning)
 
 
 def main(config_path: str, result_file: Optional[str], timeout: Optional[float] = None) -> int:
@@ -273,6 +339,8 @@ def main(config_path: str, result_file: Optional[str], timeout: Optional[float] 
         except Exception as exc:  # noqa: BLE001 - the verdict must reach the result file, whatever broke
             outcome = CheckOutcome(False, f"the check itself failed: {type(exc).__name__}: {exc}", EXIT_UNUSABLE)
     print(("OK: " if outcome.ok else "FAIL: ") + outcome.message, flush=True)
+    if outcome.warning:
+        print(f"WARNING: {outcome.warning}", file=sys.stderr, flush=True)
     if result_file:
         try:
             Path(result_file).write_text(outcome.to_json(), encoding="utf-8")

@@ -285,6 +285,8 @@ def check_code_first(config) -> int:
         except (OSError, ValueError):
             outcome = {"ok": False, "message": (done.stderr or done.stdout).strip()[-2000:] or f"exit {done.returncode}"}
     if done.returncode == 0 and outcome.get("ok"):
+        if outcome.get("warning"):  # faults the job's reward.maxErrorRate tolerates: training will count them
+            _err(f"warning: the reward code check passed with faults: {outcome['warning']}")
         return 0
     if done.returncode == 2:  # the check could not run: the job's data or config is unusable
         _err(f"could not check the reward/agent code before starting Ray: {outcome.get('message')}")
