@@ -95,6 +95,79 @@ def test_gloo_push_between_two_processes_reproduces_the_trainer_weights_bucket_b
         assert torch.equal(got["state"][name], tensor), name
 
 
+class _Mixed(torch.nn.Module):
+    """fp32 and bf16 parameters, one larger than the test's bucket (sent from its own memory)."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.small = torch.nn.Linear(8, 8)
+        self.big = torch.nn.Parameter(torch.randn(40, 40))  # 6400 bytes > the 2048-byte buckets
+        self.half = torch.nn.Linear(16, 8).to(torch.bfloat16)
+
+
+def _holding_receiver(port: int, layout, bucket_bytes: int, pushes: int, out: str) -> None:
+    """Receives ``pushes`` pushes; the loader keeps every tensor until the stream ends (as vLLM's
+    layer-by-layer reload keeps an unfinished layer's), so no bucket memory may be reused under it."""
+    from rlhf_workers.weight_sync import SyncGroup, receive_into
+
+    model = _Mixed(seed=1)
+    params = dict(model.named_parameters())
+    group = SyncGroup("127.0.0.1", port, 1, 2, timeout_s=60)
+    states = []
+
+    def load(weights):
+        held = list(weights)
+        with torch.no_grad():
+            for name, tensor in held:
+                params[name].copy_(tensor)
+
+    for _ in range(pushes):
+        receive_into(load, group, layout, bucket_bytes)
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+    stats = group.last_receive
+    torch.save({"states": states, "buckets": stats.buckets, "bytes": stats.bytes}, out)
+
+
+def test_repeated_pushes_of_mixed_dtypes_arrive_exactly_while_the_loader_holds_tensors(tmp_path):
+    """Two pushes over gloo, the trainer's weights changed in between: bf16 and fp32 arrive bit for
+    bit, the oversized parameter too, and buffers kept from push to push are never overwritten
+    while the loader still holds views into them."""
+    from rlhf_workers.weight_sync import SyncGroup, module_layout, send_parameters
+
+    sender = _Mixed(seed=0)
+    layout = module_layout(sender)
+    assert {dtype for _, _, dtype in layout} == {"float32", "bfloat16"}
+    bucket_bytes = 2048
+    buckets = plan_buckets(layout, bucket_bytes)
+    assert any(len(b.tensors) == 1 and b.nbytes > bucket_bytes for b in buckets)
+    port = _free_port()
+    out = tmp_path / "received.pt"
+    child = multiprocessing.get_context("spawn").Process(target=_holding_receiver,
+                                                         args=(port, layout, bucket_bytes, 2, str(out)))
+    child.start()
+    expected = []
+    try:
+        group = SyncGroup("127.0.0.1", port, 0, 2, timeout_s=60)
+        for push in range(2):
+            if push:
+                with torch.no_grad():
+                    for p in sender.parameters():
+                        p.mul_(-2).add_(1)
+            expected.append({k: v.clone() for k, v in sender.state_dict().items()})
+            assert send_parameters(sender, bucket_bytes, group) == sum(b.nbytes for b in buckets)
+        child.join(60)
+    finally:
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    got = torch.load(out)
+    assert got["buckets"] == len(buckets) and got["bytes"] == sum(b.nbytes for b in buckets)
+    for want, have in zip(expected, got["states"], strict=True):
+        for name, tensor in want.items():
+            assert have[name].dtype == tensor.dtype and torch.equal(have[name], tensor), name
+
+
 def test_a_loader_that_stops_early_is_an_error_not_a_hang(tmp_path):
     """The receiver drains every bucket (the sender's broadcasts must complete) and names what was skipped."""
     from rlhf_workers.weight_sync import SyncGroup, receive_into

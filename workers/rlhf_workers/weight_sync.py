@@ -33,7 +33,9 @@ checks only batches sampled by the current one.)
 from __future__ import annotations
 
 import abc
+import collections
 import contextlib
+import functools
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -91,7 +93,12 @@ def tensor_bytes(layout: TensorLayout) -> int:
     count = 1
     for dim in shape:
         count *= int(dim)
-    return count * torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    return count * _element_size(dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _element_size(dtype: str) -> int:
+    return torch.empty((), dtype=getattr(torch, dtype)).element_size()
 
 
 def _aligned(n: int) -> int:
@@ -168,6 +175,8 @@ class SyncGroup:
         else:
             self.group = dist.ProcessGroupGloo(self.store, rank, world_size, timeout)
         self._tcp_store = store  # rank 0 serves the store: keep it alive as long as the group
+        self.buffers = BufferPool(self.device)  #: staging (sender) or landing (receivers) buffers for buckets
+        self.last_receive: Optional[ReceiveStats] = None  #: a receiver's timings of its last push
 
     def start_broadcast(self, tensor: torch.Tensor):
         """Start sending rank 0's ``tensor`` into every rank's ``tensor``; ``.wait()`` on the result
@@ -195,66 +204,160 @@ def _gathered(params: list[torch.nn.Parameter]):
         yield
 
 
+def pack_bucket(bucket: Bucket, tensors: Sequence[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """Copy ``tensors`` (the bucket's, in its order) to their offsets in the flat byte buffer ``out``."""
+    for entry, offset, tensor in zip(bucket.tensors, bucket.offsets, tensors, strict=True):
+        _typed_view(out, entry, offset).copy_(tensor)
+    return out
+
+
+def unpack_bucket(bucket: Bucket, buffer: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` for each of the bucket's tensors: views into ``buffer``, no copy."""
+    for entry, offset in zip(bucket.tensors, bucket.offsets):
+        yield entry[0], _typed_view(buffer, entry, offset)
+
+
+def _typed_view(buffer: torch.Tensor, entry: TensorLayout, offset: int) -> torch.Tensor:
+    _, shape, dtype = entry
+    return buffer[offset:offset + tensor_bytes(entry)].view(getattr(torch, dtype)).view(shape)
+
+
+def _storage_users(tensor: torch.Tensor) -> int:
+    return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+
+
+class BufferPool:
+    """Flat byte buffers kept from bucket to bucket and from push to push.
+
+    On CPUs a fresh buffer of tens of MiB is a fresh memory mapping whose pages all fault on
+    their first write (about 25 ms per 64 MiB on the 2-core machine), a cost the bare
+    broadcast never pays; so up to ``keep`` buffers are kept there. On GPUs PyTorch's caching
+    allocator already reuses freed blocks, and nothing is kept. A kept buffer is handed out
+    again only when no tensor outside the pool still uses its memory (vLLM's layer-by-layer
+    reload holds the weights of a layer until the whole layer has arrived), which is read from
+    the reference count of its storage, views of views included.
+    """
+
+    def __init__(self, device: torch.device, keep: int = 3):
+        self.device = device
+        countable = hasattr(torch._C, "_storage_Use_Count")
+        self.keep = keep if device.type == "cpu" and countable else 0
+        self._kept: list[tuple[torch.Tensor, int]] = []  # (buffer, its storage's count when unused)
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        """A buffer of ``nbytes`` that nothing else uses; its contents are undefined."""
+        free = [i for i, (buf, idle) in enumerate(self._kept) if _storage_users(buf) <= idle]
+        fits = [i for i in free if self._kept[i][0].numel() >= nbytes]
+        if fits:
+            return self._kept[min(fits, key=lambda i: self._kept[i][0].numel())][0][:nbytes]
+        buffer = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+        if len(self._kept) >= self.keep and free:  # full: a free buffer too small for this bucket makes room
+            self._kept.pop(min(free, key=lambda i: self._kept[i][0].numel()))
+        if len(self._kept) < self.keep:
+            self._kept.append((buffer, _storage_users(buffer)))
+        return buffer[:nbytes]
+
+    @property
+    def kept_bytes(self) -> int:
+        return sum(buf.numel() for buf, _ in self._kept)
+
+
+#: Buckets the trainer may have on the wire at once: it packs the next while one travels.
+IN_FLIGHT = 2
+
+
 def send_parameters(module: torch.nn.Module, bucket_bytes: int, group: Optional[SyncGroup]) -> int:
     """Trainer side of a push; every rank of the trainer world calls it, rank 0 with ``group``.
 
-    Under ZeRO-3 each bucket's parameters are gathered by all ranks together and released once
-    rank 0 has sent them, so at most one bucket exists in full at a time. Rank 0 sends each
-    parameter straight from its storage (no packing copy); the receivers land them at their
-    offsets in one buffer per bucket. Returns the bytes sent.
+    Each bucket is one broadcast. Rank 0 copies the bucket's parameters straight into a flat
+    staging buffer from the group's pool and starts its broadcast, then packs the next bucket
+    while that one travels (at most :data:`IN_FLIGHT` on the wire). A bucket of one parameter
+    (one larger than the bucket size) is sent from the parameter's own memory, without a copy.
+    Under ZeRO-3 all ranks gather one bucket's parameters at a time and release them once rank 0
+    has packed them, so the full model never exists twice. Returns the bytes sent.
     """
     params = dict(module.named_parameters())
     zero3 = any(hasattr(p, "ds_id") for p in params.values())
     if group is None and not zero3:
         return 0  # without ZeRO-3, ranks other than 0 have no part in the push
     sent = 0
+    inflight: collections.deque = collections.deque()  # (work, the buffer it reads) per bucket on the wire
     for bucket in plan_buckets(module_layout(module), bucket_bytes):
         members = [params[name] for name, _, _ in bucket.tensors]
         with _gathered(members):
             if group is None:
                 continue
-            flats = [p.data.detach().contiguous().reshape(-1).view(torch.uint8) for p in members]
-            works = [group.start_broadcast(flat) for flat in flats]
-            for work in works:  # before the gather is released
-                work.wait()
-            sent += sum(flat.numel() for flat in flats)
+            while len(inflight) >= IN_FLIGHT:
+                inflight.popleft()[0].wait()
+            data = members[0].data
+            if len(members) == 1 and data.is_contiguous() and data.device == group.device:
+                flat = data.reshape(-1).view(torch.uint8)
+                work = group.start_broadcast(flat)
+                if zero3:
+                    work.wait()  # the gathered tensor is released at the end of the block
+                else:
+                    inflight.append((work, flat))
+            else:
+                staging = pack_bucket(bucket, [p.data for p in members], group.buffers.take(bucket.nbytes))
+                inflight.append((group.start_broadcast(staging), staging))
+            sent += bucket.nbytes
+    while inflight:
+        inflight.popleft()[0].wait()
     if group is not None and group.device.type == "cuda":
         torch.cuda.current_stream().synchronize()
     return sent
 
 
-def receive_parameters(group: SyncGroup, layout: Sequence[TensorLayout], bucket_bytes: int
-                       ) -> Iterator[tuple[str, torch.Tensor]]:
+@dataclass
+class ReceiveStats:
+    """Where the engine's time went in its last push."""
+
+    seconds: float = 0.0  #: the whole receive, loading included
+    wire_wait_s: float = 0.0  #: blocked waiting for a bucket to arrive
+    bytes: int = 0
+    buckets: int = 0
+
+    @property
+    def load_s(self) -> float:
+        """The rest: the engine's loader at work (in vLLM, ``reload_weights`` and its processing)."""
+        return self.seconds - self.wire_wait_s
+
+
+def receive_parameters(group: SyncGroup, layout: Sequence[TensorLayout], bucket_bytes: int,
+                       stats: Optional[ReceiveStats] = None) -> Iterator[tuple[str, torch.Tensor]]:
     """Engine side: ``(name, tensor)`` pairs as the buckets arrive, for a ``load_weights`` to consume.
 
-    Each bucket gets a fresh buffer and the yielded tensors are views into it, so a loader that
-    holds some tensors back (vLLM reloads layer by layer) keeps valid data. The next bucket is
-    already arriving while the loader works on the current one.
+    Each bucket is one broadcast into a buffer from the group's pool; the yielded tensors are
+    views into it. The next bucket is already arriving while the loader works on the current
+    one, and a buffer is reused only once the loader has let go of every view into it.
     """
     buckets = plan_buckets(layout, bucket_bytes)
+    stats = stats if stats is not None else ReceiveStats()
 
     def start(k: int):
-        buffer = torch.empty(buckets[k].nbytes, dtype=torch.uint8, device=group.device)
-        works = [group.start_broadcast(buffer[offset:offset + tensor_bytes(entry)])
-                 for entry, offset in zip(buckets[k].tensors, buckets[k].offsets)]
-        return buffer, works
+        buffer = group.buffers.take(buckets[k].nbytes)
+        return buffer, group.start_broadcast(buffer)
 
     pending = start(0) if buckets else None
     for k, bucket in enumerate(buckets):
-        buffer, works = pending
-        for work in works:
-            work.wait()
+        buffer, work = pending
+        waited = time.perf_counter()
+        work.wait()
+        stats.wire_wait_s += time.perf_counter() - waited
+        stats.bytes += bucket.nbytes
+        stats.buckets += 1
         pending = start(k + 1) if k + 1 < len(buckets) else None
-        for (name, shape, dtype), offset in zip(bucket.tensors, bucket.offsets):
-            size = tensor_bytes((name, shape, dtype))
-            yield name, buffer[offset:offset + size].view(getattr(torch, dtype)).view(shape)
+        yield from unpack_bucket(bucket, buffer)
 
 
 def receive_into(load: Callable[[Iterable[tuple[str, torch.Tensor]]], None], group: SyncGroup,
                  layout: Sequence[TensorLayout], bucket_bytes: int) -> int:
     """Run ``load`` on the incoming weights; whatever it leaves unread is still received (the
-    broadcasts must all happen), and a weight it skipped is an error. Returns the bytes received."""
-    stream = receive_parameters(group, layout, bucket_bytes)
+    broadcasts must all happen), and a weight it skipped is an error. Returns the bytes received;
+    where the time went is left in ``group.last_receive``."""
+    began = time.perf_counter()
+    stats = ReceiveStats()
+    stream = receive_parameters(group, layout, bucket_bytes, stats)
     seen: list[str] = []
 
     def counted():
@@ -264,10 +367,12 @@ def receive_into(load: Callable[[Iterable[tuple[str, torch.Tensor]]], None], gro
 
     load(counted())
     leftover = [name for name, _ in stream]
+    stats.seconds = time.perf_counter() - began
+    group.last_receive = stats
     if leftover:
         raise RuntimeError(f"the engine's load_weights stopped before {len(leftover)} weights "
                            f"(first: {leftover[0]}); the weights are only partly updated")
-    return sum(b.nbytes for b in plan_buckets(layout, bucket_bytes))
+    return stats.bytes
 
 
 # --------------------------------------------------------------------------- the driver's side
