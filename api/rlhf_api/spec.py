@@ -226,6 +226,12 @@ class AgentSpec(CodeSource, RewardFaultPolicy):
     """A multi-step agent file defining AgentInstance/AgentExecutor (OpenRLHF --agent_func_path)."""
 
     max_steps: Annotated[int, Field(default=5, ge=1, le=1000, description="Maximum environment steps per episode.")] = 5
+    parallelism: Annotated[
+        Optional[int], Field(default=None, ge=1, le=1024, description="Sandboxed processes running the episodes, each "
+                             "holding many at once (default: the driver's cores)."),
+    ] = None
+    sandbox: Annotated[SandboxSpec, Field(default_factory=SandboxSpec, description="Limits of the sandboxed agent "
+                                          "processes (cpuSeconds: CPU seconds between two messages of an episode).")]
 
     @field_validator("inline")
     @classmethod

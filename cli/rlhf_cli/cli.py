@@ -258,10 +258,14 @@ def cmd_test_reward(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
         return EXIT_UNREADABLE
     try:
+        from rlhf_workers.agent_check import is_agent_file, run_agent_check
         from rlhf_workers.reward_check import run_reward_check
     except ImportError as exc:
         print(f"rlhf test-reward needs the worker stack ({exc.name} is missing): pip install 'rlhf-operator[cpu]'", file=sys.stderr)
         return 1
+    if is_agent_file(args.file):  # an agent: reset and one step per sample, its response as the action
+        return run_agent_check(args.file, args.data, input_key=args.input_key, label_key=args.label_key,
+                               response_key=args.response_key, timeout=args.timeout)
     return run_reward_check(args.file, args.data, input_key=args.input_key, label_key=args.label_key,
                             response_key=args.response_key, timeout=args.timeout)
 
@@ -337,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cleanup", action=CleanupAction, help="stop the Ray processes of killed runs, and exit")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("test-reward", help="run a reward_func file on samples and check its contract")
+    p = sub.add_parser("test-reward", help="run a reward_func (or agent) file on samples and check its contract")
     p.add_argument("file", metavar="FILE.py")
     p.add_argument("--data", required=True, metavar="SAMPLES.jsonl")
     p.add_argument("--input-key", default=None, help="prompt field (default: prompt or input)")

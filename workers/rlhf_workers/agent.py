@@ -19,16 +19,17 @@ its score (for dynamic filtering) is the last step's ``scores`` (default: the re
 ``environment_feedback`` (str) and ``done`` (bool).
 
 Faults are counted, not fatal (``spec.agent``'s fault policy, as for rewards): an episode whose
-``reset``/``step`` raises is a ``raised`` fault, one whose ``step`` breaks the contract an
-``invalid`` fault, and one whose ``reset`` or ``step`` takes longer than ``agent.timeoutSeconds``
-a ``timeout`` fault. Each call runs on a thread of its own with its own event loop, so even a
-blocking hang (``time.sleep`` in an ``async def``) ends at the timeout: the thread is abandoned,
-the episode is not. The faulted episode becomes a sample with the prompt and one masked token,
-dropped (``onError: skip``) or given ``fallbackReward``; the run stops past ``maxErrorRate``.
-Agent code runs in the driver process, not in the reward sandbox (see docs/rewards.md).
+``__init__``/``reset``/``step`` raises is a ``raised`` fault, one whose ``step`` breaks the contract an
+``invalid`` fault, and one whose call takes longer than ``agent.timeoutSeconds`` a ``timeout`` fault.
+Each call runs on a thread of its own with its own event loop (:func:`bounded`), so even a blocking
+hang (``time.sleep`` in an ``async def``) ends at the timeout: the thread is abandoned, the episode
+is not. The faulted episode becomes a sample with the prompt and one masked token, dropped
+(``onError: skip``) or given ``fallbackReward``; the run stops past ``maxErrorRate``.
 
-The episodes run as asyncio tasks in the driver; the ``llm_engine`` they see batches the
-requests that are ready together and sends them to the rollout engines.
+The agent file is never imported by the driver: :class:`AgentRunner` runs the episodes in sandboxed
+processes (:mod:`.agent_sandbox`, :mod:`.agent_host`); the ``llm_engine`` the episodes see there
+sends the tokens back to the driver's :class:`EngineClient`, which batches the requests that are
+ready together for the rollout engines.
 """
 
 from __future__ import annotations
@@ -87,11 +88,33 @@ async def bounded(fn, *args, timeout: Optional[float], what: str):
         else:
             loop.call_soon_threadsafe(settle, True, value)
 
-    threading.Thread(target=run, daemon=True, name=f"agent-{what}").start()
+    thread = threading.Thread(target=run, daemon=True, name=f"agent-{what}")
+    thread.start()
     try:
         return await asyncio.wait_for(future, timeout)
     except asyncio.TimeoutError:
+        _abandoned.append(thread)
         raise AgentTimeout(f"AgentInstance.{what} did not return within {timeout:g}s") from None
+
+
+_abandoned: list[threading.Thread] = []
+
+
+def abandoned_calls() -> int:
+    """Calls given up at their timeout whose threads still run (a process holding any should be retired)."""
+    _abandoned[:] = [t for t in _abandoned if t.is_alive()]
+    return len(_abandoned)
+
+
+async def new_instance(cls, *, timeout: Optional[float]):
+    """An ``AgentInstance`` made as OpenRLHF makes it (``__init__`` may be ``async``), bounded like a call."""
+    instance = cls.__new__(cls)
+
+    def construct():
+        return instance.__init__()
+
+    await bounded(construct, timeout=timeout, what="__init__")
+    return instance
 
 
 class AgentInstanceBase(ABC):
@@ -142,10 +165,7 @@ class AgentExecutorBase(ABC):
 
     async def execute(self, prompt, label, sampling_params):
         tokenizer = self.hf_tokenizer
-        instance = self.agent_instance_cls.__new__(self.agent_instance_cls)
-        created = instance.__init__()
-        if inspect.isawaitable(created):  # `async def __init__`, as the seed's examples write it
-            await created
+        instance = await new_instance(self.agent_instance_cls, timeout=getattr(self, "call_timeout", None))
         reset = await bounded(instance.reset, {"observation": prompt, "label": label},
                               timeout=getattr(self, "call_timeout", None), what="reset")
         observation = reset.get("observation", prompt) if isinstance(reset, dict) else prompt
@@ -269,6 +289,14 @@ def make_sampling_params(rollout_spec):
         return types.SimpleNamespace(**fields)
 
 
+def sampling_fields(params: Any) -> dict:
+    """The sampling settings that travel with a generate request (vLLM SamplingParams or look-alike)."""
+    top_k = getattr(params, "top_k", -1)
+    return {"max_tokens": int(getattr(params, "max_tokens", 16) or 16),
+            "temperature": float(getattr(params, "temperature", 1.0)),
+            "top_p": float(getattr(params, "top_p", 1.0)), "top_k": int(-1 if top_k is None else top_k)}
+
+
 # --------------------------------------------------------------------------- running episodes
 
 
@@ -341,7 +369,7 @@ class EngineClient:
 
 @dataclass
 class AgentRunner:
-    """Loads the agent file once and runs ``n`` episodes per prompt."""
+    """Runs ``n`` episodes per prompt in the agent's sandboxed processes (:mod:`.agent_sandbox`)."""
 
     path: str
     cluster: Any
@@ -349,15 +377,36 @@ class AgentRunner:
     max_steps: int
     max_length: int
     rollout_spec: Any
+    policy: Any = None  #: ``spec.agent`` (timeoutSeconds, onError, fallbackReward, parallelism, sandbox); None: defaults
+    env: Optional[dict] = None  #: variables the agent's processes see besides the allow-listed ones
     client: EngineClient = field(init=False)
     faults: list = field(init=False, default_factory=list)  #: the last rollout's faulted episodes
-    policy: Any = None  #: ``spec.agent`` (timeoutSeconds, onError, fallbackReward); None: no timeout
     _turns: list = field(init=False, default_factory=list)  #: (turns, out of tokens) of episodes not yet logged
     _warned: bool = field(init=False, default=False)
 
     def __post_init__(self):
-        self.executor_cls, self.instance_cls = load_agent(self.path)
+        from .agent_sandbox import AgentSandbox
+        from .reward.sandboxed import limits_from_spec
+        from .sandbox import SandboxStartError
+
+        policy = self.policy
+        sandbox = policy.sandbox.model_dump() if policy is not None else {}
         self.client = EngineClient(self.cluster, self.tokenizer)
+        self.sandbox = AgentSandbox(
+            self.path, tokenizer=self.tokenizer, max_steps=self.max_steps, max_length=self.max_length,
+            timeout=policy.timeout_seconds if policy is not None else None,
+            size=policy.parallelism if policy is not None else None, limits=limits_from_spec(sandbox),
+            network=bool(sandbox.get("network", False)), read_paths=sandbox.get("read_paths", ()),
+            write_paths=sandbox.get("write_paths", ()), env=self.env)
+        try:
+            report = self.sandbox.start()
+        except SandboxStartError as exc:
+            raise AgentError(f"{self.path}: {exc}") from None
+        logger.info("agent sandbox (%d processes): %s", len(self.sandbox.hosts),
+                    "; ".join(f"{k}: {v}" for k, v in report.items()))
+
+    def close(self) -> None:
+        self.sandbox.close()
 
     def take_episode_stats(self) -> dict[str, float]:
         """``agent/turns_mean`` and ``agent/cut_to_one_turn`` (episodes that wanted a second turn but had
@@ -373,15 +422,6 @@ class AgentRunner:
                            " turns never happen; raise those limits to train multi-turn", cut, len(turns),
                            self.max_length, self.max_steps)
         return {"agent/turns_mean": sum(steps for steps, _ in turns) / len(turns), "agent/cut_to_one_turn": cut}
-
-    def _executor(self):
-        if self.executor_cls is not None:
-            executor = self.executor_cls(self.max_steps, self.max_length, self.client, self.tokenizer, None)
-        else:
-            executor = AgentExecutorBase(self.instance_cls, self.max_steps, self.max_length, self.client,
-                                         self.tokenizer, None)
-        executor.call_timeout = self.policy.timeout_seconds if self.policy is not None else None
-        return executor
 
     def rollout(self, prompts: list, n: int, policy: Any = None) -> list:
         """``n`` episodes per prompt as training samples (prompt-major), scored by the agent under the
@@ -400,38 +440,40 @@ class AgentRunner:
             ))
         return samples
 
+    async def _generate(self, token_ids: list, fields: dict) -> dict:
+        """An episode's engine request, batched with the others by :class:`EngineClient`."""
+        output = await self.client.generate(token_ids, types.SimpleNamespace(**fields))
+        completion = output.outputs[0]
+        return {"token_ids": list(completion.token_ids), "text": completion.text, "finish_reason": completion.finish_reason,
+                "logprobs": [entry[t].logprob for entry, t in zip(completion.logprobs, completion.token_ids)]}
+
     def run(self, prompts: list, n: int) -> list[dict]:
         """One episode dict per sample, prompt-major (``n`` per prompt); faulted episodes are stand-ins
         (the prompt and one masked token) and their faults go to :attr:`faults`."""
         from .reward import RewardFault
 
-        self.faults = []
-
-        async def episode(index: int, prompt):
-            try:
-                return await self._executor().execute(prompt.text, prompt.label, make_sampling_params(self.rollout_spec))
-            except Exception as exc:  # noqa: BLE001 - user code: a fault of this episode, said where
-                kind = "timeout" if isinstance(exc, AgentTimeout) else "invalid" if isinstance(exc, AgentError) \
-                    else "raised"
-                frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == self.path]
-                line = f"{self.path}:{frames[-1].lineno}: {(frames[-1].line or '').strip()}" if frames else None
-                self.faults.append(RewardFault(kind, index, f"{type(exc).__name__}: {exc}"[:500], line,
-                                               traceback.format_exc()[-4000:], prompt.text[:200]))
-                return self._stand_in(prompt)
-
-        async def all_episodes():
-            return await asyncio.gather(*[episode(i * n + k, p) for i, p in enumerate(prompts) for k in range(n)])
-
-        episodes = asyncio.run(all_episodes())
-        self.faults.sort(key=lambda f: f.sample_index)
+        fields = sampling_fields(make_sampling_params(self.rollout_spec))
+        jobs = [(p.text, p.label, fields) for p in prompts for _ in range(n)]
+        outcomes = asyncio.run(self.sandbox.run_episodes(jobs, self._generate))
+        self.faults, episodes = [], []
+        for index, ((text, label, _), outcome) in enumerate(zip(jobs, outcomes)):
+            if outcome.ok:
+                episodes.append(outcome.value)
+                continue
+            error = outcome.error
+            detail = "\n".join(x for x in (error.get("traceback", ""), outcome.output) if x)
+            self.faults.append(RewardFault(outcome.status, index, f"{error.get('type', 'Error')}: "
+                                           f"{error.get('message', '')}"[:500], error.get("line"), detail[-4000:],
+                                           str(text)[:200]))
+            episodes.append(self._stand_in(text, label))
         self._turns += [(ep["steps"], ep.get("out_of_tokens", False)) for ep in episodes]
         return episodes
 
-    def _stand_in(self, prompt) -> dict:
+    def _stand_in(self, text: str, label: Any) -> dict:
         """A faulted episode's sample: the prompt, one masked-out token, the fallback reward."""
-        prompt_ids = list(self.tokenizer(prompt.text, add_special_tokens=False)["input_ids"]) or [0]
+        prompt_ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) or [0]
         pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
         fallback = self.policy.fallback_reward if self.policy is not None and self.policy.on_error == "fallback" else 0.0
-        return {"prompt": prompt.text, "label": prompt.label, "observation_tokens": prompt_ids + [pad],
+        return {"prompt": text, "label": label, "observation_tokens": prompt_ids + [pad],
                 "prompt_length": len(prompt_ids), "action_mask": [0.0], "rollout_log_probs": [0.0],
                 "reward": fallback, "scores": fallback, "extra_logs": {}, "steps": 0}

@@ -5,7 +5,8 @@ mounts as the Ray pods, no GPU, no Secrets, no service-account token) before it 
 ``rlhf run`` runs it before it starts Ray. It
 
 1. imports the reward file as training does, in its sandbox (rlhf_workers.sandbox: a sandboxed
-   process with ``reward.sandbox``'s limits, no network unless allowed); an agent file in-process,
+   process with ``reward.sandbox``'s limits, no network unless allowed); an agent file likewise
+   (:mod:`.agent_sandbox`, ``agent.sandbox``'s limits),
 2. reads a few rows of the job's prompt data (``data.prompts``, ``inputKey``, ``labelKey``; two
    placeholder rows when the data cannot be read where the check runs, which the message says),
 3. calls ``reward_func`` once on them (an agent: ``reset`` and one ``step`` per row), each answer
@@ -21,8 +22,6 @@ check could not run (unreadable config or data).
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
 import os
 import signal
@@ -260,44 +259,50 @@ def _first_lines(text: str, lines: int = 12) -> str:
     return "\n".join(kept[:2] + (["..."] if len(kept) > lines else []) + kept[2:][-(lines - 2):]) if kept else text
 
 
-def check_agent(path: str, rows: list[tuple[str, Any]], timeout: float) -> CheckOutcome:
-    """Import the agent file; with an AgentInstance, ``reset`` and one ``step`` per row, contract checked."""
-    from .agent import AgentError, _check_step, load_agent
+def check_agent(path: str, rows: list[tuple[str, Any]], timeout: float, agent_spec: Any = None,
+                env: Optional[dict] = None) -> CheckOutcome:
+    """Load the agent file in its sandbox (as training does); ``reset`` and one ``step`` per row there,
+    each bounded by ``timeout`` and contract-checked."""
+    from .agent_sandbox import AgentSandbox
+    from .reward.sandboxed import limits_from_spec
+    from .sandbox import SandboxStartError
 
+    sandbox_spec = agent_spec.sandbox.model_dump() if agent_spec is not None else {}
+    sandbox = AgentSandbox(path, max_steps=1, timeout=timeout, size=1, limits=limits_from_spec(sandbox_spec),
+                           network=bool(sandbox_spec.get("network", False)),
+                           read_paths=sandbox_spec.get("read_paths", ()), write_paths=sandbox_spec.get("write_paths", ()),
+                           env=env, start_timeout=timeout + 60.0)
     try:
-        with _deadline(timeout):
-            _, instance_cls = load_agent(path)
-    except _TimedOut as exc:
-        return CheckOutcome(False, f"{path} did not finish loading within {timeout:g} s{_user_line(exc, path)}",
-                            EXIT_FAILED)
-    except AgentError as exc:
-        cause = exc.__cause__ or exc
-        return CheckOutcome(False, f"{str(exc).splitlines()[0]}{_user_line(cause, path)}", EXIT_FAILED)
-    if instance_cls is None:
-        return CheckOutcome(True, "the agent file loads; it defines only AgentExecutor, which needs the rollout"
-                                  " engines, so no episode was tried")
-
-    async def episode(prompt: str, label: Any) -> None:
-        instance = instance_cls.__new__(instance_cls)
-        created = instance.__init__()
-        if inspect.isawaitable(created):
-            await created
-        await instance.reset({"observation": prompt, "label": label})
-        _check_step(await instance.step({"observation_text": prompt, "action_text": _answer(label), "label": label}))
-
-    for i, (prompt, label) in enumerate(rows):
         try:
-            with _deadline(timeout):
-                asyncio.run(episode(prompt, label))
-        except _TimedOut as exc:
-            return CheckOutcome(False, f"the agent's reset/step did not return within {timeout:g} s on row {i}"
-                                       f"{_user_line(exc, path)}", EXIT_FAILED)
-        except AgentError as exc:
-            return CheckOutcome(False, f"row {i}: {exc}", EXIT_FAILED)
-        except Exception as exc:  # noqa: BLE001 - the user's error, quoted with its line
-            return CheckOutcome(False, f"the agent raised {type(exc).__name__}: {exc}{_user_line(exc, path)}"
-                                       f" (reset and one step on row {i} of the job's data)", EXIT_FAILED)
-    return CheckOutcome(True, f"the agent's reset and one step passed on {len(rows)} rows of the job's data")
+            sandbox.start()
+        except SandboxStartError as exc:
+            return CheckOutcome(False, _located_message(str(exc)), EXIT_FAILED)
+        for i, (prompt, label) in enumerate(rows):
+            for method, states in (("reset", {"observation": prompt, "label": label}),
+                                   ("step", {"observation_text": prompt, "action_text": _answer(label), "label": label})):
+                outcome = sandbox.call(i, method, states)
+                if not outcome.ok:
+                    return CheckOutcome(False, _agent_fault(outcome, method, i, timeout), EXIT_FAILED)
+    finally:
+        sandbox.close()
+    return CheckOutcome(True, f"the agent's reset and one step passed on {len(rows)} rows of the job's data, in its sandbox")
+
+
+def _located_message(message: str) -> str:
+    """``... (at /path/agent_func.py:6: code)`` with the file's name only."""
+    head, sep, line = message.partition(" (at ")
+    return f"{head} at {_located(line.rstrip(')'))}" if sep else message
+
+
+def _agent_fault(outcome, method: str, row: int, timeout: float) -> str:
+    error = outcome.error
+    where = f" at {_located(error['line'])}" if error.get("line") else ""
+    if outcome.status == "timeout":
+        return f"the agent's {method} did not return within {timeout:g} s on row {row}{where}"
+    if outcome.status == "invalid":
+        return f"row {row}: {error.get('message', '')}"
+    return (f"the agent raised {error.get('type', 'Error')}: {error.get('message', '')}{where}"
+            f" ({method} on row {row} of the job's data)")
 
 
 def run_check(config, rows: int = ROWS, timeout: Optional[float] = None) -> CheckOutcome:
@@ -320,7 +325,7 @@ def run_check(config, rows: int = ROWS, timeout: Optional[float] = None) -> Chec
     if config.reward_code_path:
         outcome = check_reward(config.reward_code_path, picked, timeout, spec.reward, spec.cluster.plain_env())
     else:
-        outcome = check_agent(config.agent_code_path, picked, timeout)
+        outcome = check_agent(config.agent_code_path, picked, timeout, spec.agent, spec.cluster.plain_env())
     return CheckOutcome(outcome.ok, outcome.message + note, outcome.exit_code, outcome.warning)
 
 

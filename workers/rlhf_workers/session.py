@@ -158,7 +158,7 @@ class Session:
         spec, resume = self.spec, self.resume
         if spec.agent is not None:
             self.agent = AgentRunner(self.config.agent_code_path, self.cluster, self.tokenizer, spec.agent.max_steps,
-                                     self.max_model_len, spec.rollout)
+                                     self.max_model_len, spec.rollout, policy=spec.agent, env=spec.cluster.plain_env())
         if resume is not None:
             resume = self.resume = self._load_resumable(resume)
         if resume is not None:
@@ -297,6 +297,8 @@ def open_session(config: WorkerConfig, reporter: Reporter, progress: Optional[Pr
         reporter.close()
         if session.metrics is not None:
             session.metrics.close()
+        if session.agent is not None:
+            session.agent.close()
         cluster.shutdown()
         if own_progress:
             progress.close()

@@ -15,7 +15,7 @@ import pickle
 import struct
 from typing import Any, Optional
 
-__all__ = ["send", "recv_blocking", "FrameReader", "FrameError", "MAX_FRAME"]
+__all__ = ["encode", "send", "recv_blocking", "FrameReader", "FrameError", "MAX_FRAME"]
 
 MAX_FRAME = 256 * 1024 * 1024
 _HEADER = struct.Struct("!Q")
@@ -25,10 +25,15 @@ class FrameError(Exception):
     """The other side sent something that is not a frame of this protocol."""
 
 
-def send(fd: int, obj: Any, *, as_json: bool = False) -> None:
-    """Write one frame: JSON (sandbox to parent) or pickle (parent to sandbox)."""
+def encode(obj: Any, *, as_json: bool = False) -> bytes:
+    """One frame's bytes: JSON (sandbox to parent) or pickle (parent to sandbox)."""
     data = json.dumps(obj).encode() if as_json else pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(_HEADER.pack(len(data)) + data)
+    return _HEADER.pack(len(data)) + data
+
+
+def send(fd: int, obj: Any, *, as_json: bool = False) -> None:
+    """Write one frame (blocking)."""
+    view = memoryview(encode(obj, as_json=as_json))
     while view:
         written = os.write(fd, view)
         view = view[written:]
