@@ -283,3 +283,25 @@ def test_test_reward_tries_an_agent_file_per_sample_and_names_every_fault(shared
     assert f"at {path}:15: raise KeyError" in done.stdout
     assert "FAIL: 2 of 3 samples faulted" in done.stdout and "secret-value" not in done.stdout
     assert time.monotonic() - started < 60
+
+
+def test_the_code_check_judges_agent_rows_by_max_error_rate_and_quotes_the_line(shared_dir):
+    from types import SimpleNamespace
+
+    from rlhf_api.spec import SandboxSpec
+    from rlhf_workers.code_check import check_agent
+
+    path = _file(shared_dir, HOSTILE_STEPS)
+    rows = [("p0", "ok"), ("p1", "raise"), ("p2", "ok"), ("p3", "ok")]
+    tolerant = SimpleNamespace(max_error_rate=0.25, sandbox=SandboxSpec())
+    verdict = check_agent(path, rows, 5.0, tolerant)
+    assert verdict.ok and "faulted on 1 of 4 rows (25%, within agent.maxErrorRate 25%" in verdict.warning
+    assert "agent_func.py, line 15: raise KeyError" in verdict.warning
+    strict = SimpleNamespace(max_error_rate=0.2, sandbox=SandboxSpec())
+    verdict = check_agent(path, rows, 5.0, strict)
+    assert not verdict.ok and "25% > agent.maxErrorRate 20%" in verdict.message
+    hang = check_agent(path, [("p", "hang")], 1.0, tolerant)
+    assert not hang.ok and "every row" in hang.message and "did not return within 1 s on row 0" in hang.message
+    broken = _file(shared_dir, "import not_a_module_anywhere\n", "broken_agent.py")
+    verdict = check_agent(broken, rows, 5.0, tolerant)
+    assert not verdict.ok and "ModuleNotFoundError" in verdict.message and "broken_agent.py, line 1" in verdict.message

@@ -277,15 +277,34 @@ def check_agent(path: str, rows: list[tuple[str, Any]], timeout: float, agent_sp
             sandbox.start()
         except SandboxStartError as exc:
             return CheckOutcome(False, _located_message(str(exc)), EXIT_FAILED)
+        faults = []
         for i, (prompt, label) in enumerate(rows):
             for method, states in (("reset", {"observation": prompt, "label": label}),
                                    ("step", {"observation_text": prompt, "action_text": _answer(label), "label": label})):
                 outcome = sandbox.call(i, method, states)
-                if not outcome.ok:
+                if outcome.status == "invalid":  # training would count it invalid on every step
                     return CheckOutcome(False, _agent_fault(outcome, method, i, timeout), EXIT_FAILED)
+                if not outcome.ok:
+                    faults.append(_agent_fault(outcome, method, i, timeout))
+                    break
     finally:
         sandbox.close()
-    return CheckOutcome(True, f"the agent's reset and one step passed on {len(rows)} rows of the job's data, in its sandbox")
+    return _judge_agent_rows(faults, len(rows), agent_spec)
+
+
+def _judge_agent_rows(faults: list[str], n: int, agent_spec: Any) -> CheckOutcome:
+    """As for a reward: fail when every row, or more than ``agent.maxErrorRate`` of them, faulted."""
+    where = f" on {n} rows of the job's data, in its sandbox"
+    if not faults:
+        return CheckOutcome(True, f"the agent's reset and one step passed{where}")
+    share, limit = len(faults) / n, float(getattr(agent_spec, "max_error_rate", 0.2))
+    if len(faults) == n or share > limit:
+        why = "every row" if len(faults) == n else f"{share:.0%} > agent.maxErrorRate {limit:.0%}"
+        return CheckOutcome(False, f"the agent faulted on {len(faults)} of {n} rows ({why}); first error: {faults[0]}",
+                            EXIT_FAILED)
+    warning = (f"the agent faulted on {len(faults)} of {n} rows ({share:.0%}, within agent.maxErrorRate {limit:.0%}; "
+               f"training counts them as faults); first error: {faults[0]}")
+    return CheckOutcome(True, f"the agent's reset and one step passed{where}; warning: {warning}", warning=warning)
 
 
 def _located_message(message: str) -> str:
