@@ -153,6 +153,10 @@ class AgentSandbox:
                                       f"AgentInstance.{method} held its process for {self.budget:g}s; it was killed"})
             select.select([h.reply_r], [], [], left)
             for frame in h.read():
+                if frame[0] == "blocking":
+                    h.kill()
+                    return EpisodeOutcome("timeout", error={"kind": "timeout", "type": "Timeout", "line": None, "message":
+                                          f"AgentInstance.{method} blocked its process for over {self.timeout:g}s"})
                 if frame[0] == "result":
                     return EpisodeOutcome("ok", value=from_plain(frame[2]))
                 if frame[0] == "fault":
@@ -292,10 +296,9 @@ class _Run:
         if kind == "blocking":  # one episode's code holds the process's event loop: end the process
             logger.warning("agent process %s: episode %s kept its event loop busy for %ss; killing it",
                            h.proc.pid, frame[1], frame[2])
-            blocked = {frame[1]} if frame[1] in h.episodes else set(h.episodes)
             self._unwatch(h)
             h.kill()
-            self._lost(h, blocked)
+            self._lost(h, {frame[1]} & h.episodes)  # not known: its running episodes are suspects, as in a crash
             return
         if kind not in ("generate", "done", "fault") or not isinstance(frame[1], int) \
                 or not 0 <= frame[1] < len(self.eps) or self.eps[frame[1]].host is not h:
@@ -347,7 +350,9 @@ class _Run:
                 self._lost(h, overdue)
 
     def _lost(self, h: _Host, overdue: set[int]) -> None:
-        """The process ``h`` ended: fault what it was running user code for, start the rest again once."""
+        """The process ``h`` ended. ``overdue``: the episodes that blocked it (timeouts); with none known, the
+        episodes it was running code for are suspects, each run again alone (a fault only if it dies alone
+        too); the rest start again anywhere."""
         how = h.ended() if h.proc is not None else "ended"
         for i in sorted(h.episodes):
             ep = self.eps[i]
@@ -357,8 +362,9 @@ class _Run:
                     f"this episode's code held its agent process for over {self.sb.timeout:g}s without returning (a "
                     "call that blocks the event loop, which a thread's timeout cannot interrupt); the process was killed"}))
             elif ep.handed is not None and not overdue and (ep.suspect or ep.attempt >= 3):
-                self._end(ep, EpisodeOutcome("raised", error=_died(f"the agent process died during the episode ({how}),"
-                                                                   " also when the episode ran alone"),
+                alone = ", with this episode alone in it" if ep.suspect else ""
+                self._end(ep, EpisodeOutcome("raised", error=_died(f"the agent process died during the episode ({how})"
+                                                                   f"{alone}"),
                                              output=h.output.take()[-8000:]))
             elif ep.handed is not None and not overdue:  # one of these killed it: each runs again alone
                 ep.suspect, ep.host, ep.handed = True, None, None
