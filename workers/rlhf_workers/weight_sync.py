@@ -10,9 +10,12 @@ One interface, :class:`WeightSync` (``push() -> SyncReport``), chosen by placeme
   rank 0 and every engine worker (``tensorParallelSize`` of them per engine) form a
   ``torch.distributed`` process group of their own (:class:`SyncGroup`: its own TCP store and
   port, so DeepSpeed's default group is never touched; NCCL on GPUs, gloo on CPUs). Rank 0
-  broadcasts the parameters bucket by bucket (at most ``bucketMB`` each); under ZeRO-3 all
-  trainer ranks gather one bucket at a time, so the full model never exists twice, and each
-  engine worker receives a bucket into one buffer while it loads the previous one. vLLM
+  broadcasts the parameters bucket by bucket (at most ``bucketMB`` each), one broadcast per
+  bucket, packing the next bucket while the current one travels; under ZeRO-3 all trainer
+  ranks gather one bucket at a time, so the full model never exists twice. Each engine worker
+  receives a bucket into one buffer while it loads the previous one; both sides reuse their
+  bucket buffers from push to push (:class:`BufferPool`). One driver call per engine per push,
+  whatever the number of buckets. vLLM
   workers receive through :mod:`rlhf_workers.vllm_extension` (``worker_extension_cls``,
   driven with ``collective_rpc``); each tensor-parallel worker takes the full tensors and
   vLLM's own ``load_weights`` keeps its shard.
