@@ -13,7 +13,10 @@ import pytest
 from e2e import QUICKSTART, metrics
 from support.jobs import merge, runnable_spec, write_job
 
-from rlhf_workers.async_rollout import AsyncRollouts
+import torch
+
+from rlhf_workers.algorithms import policy_loss
+from rlhf_workers.async_rollout import IS_WEIGHT_BOUNDS, AsyncRollouts, off_policy_correction
 from rlhf_workers.step_metrics import Timer
 from rlhf_workers.weight_sync import SyncReport
 
@@ -106,6 +109,51 @@ def test_an_error_in_the_rollout_thread_reaches_the_loop():
         source.close()
 
 
+# --------------------------------------------------------------------------- stale batches: importance weights
+
+
+def test_a_stale_batch_gets_truncated_importance_weights_and_its_mismatch_is_measured():
+    trainer = torch.tensor([[-1.0, -2.0, -0.5, -3.0], [-0.2, -4.0, -1.0, 0.0]])
+    sampling = torch.tensor([[-1.0, -1.0, -3.0, -3.5], [-0.7, -1.0, -1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]])
+    c = off_policy_correction(trainer, sampling, mask)
+    low, high = IS_WEIGHT_BOUNDS
+    expected = (trainer - sampling).exp().clamp(low, high) * mask
+    assert torch.allclose(c.weights, expected)
+    assert c.weights[1, 3] == 0  # padding
+    # ratios exp(0)=1, exp(-1)=0.37 (cut to 0.5), exp(2.5)=12.2 (cut to 5), exp(0.5), exp(0.5), exp(-3) (cut), exp(0)
+    assert c.metrics["async/is_weight_clipped"] == pytest.approx(3 / 7)
+    diff = ((sampling - trainer) * mask).sum() / 7
+    assert c.metrics["async/behaviour_kl"] == pytest.approx(float(diff))
+    assert c.metrics["async/behaviour_logprob_diff"] == pytest.approx(float(((trainer - sampling).abs() * mask).sum() / 7))
+    assert c.metrics["async/is_weight_mean"] == pytest.approx(float(expected.sum() / 7))
+
+
+def test_same_policy_means_unit_weights_and_no_mismatch():
+    logp = -torch.rand(3, 5) * 3
+    c = off_policy_correction(logp, logp.clone(), torch.ones(3, 5))
+    assert torch.equal(c.weights, torch.ones(3, 5))
+    assert c.metrics["async/behaviour_kl"] == 0 and c.metrics["async/is_weight_clipped"] == 0
+
+
+@pytest.mark.parametrize("dual_clip", [None, 3.0])
+def test_weighing_the_advantages_weighs_each_tokens_ppo_loss(dual_clip):
+    """OpenRLHF multiplies each token's clipped PPO loss by the weight; scaling the advantage by a
+    positive weight gives the same loss token by token (ratios inside and outside the clip)."""
+    torch.manual_seed(0)
+    logp, old = -torch.rand(4, 6) * 2, -torch.rand(4, 6) * 2
+    advantages = torch.randn(4, 6)
+    c = off_policy_correction(old, old - torch.randn(4, 6), torch.ones(4, 6))
+    weighted = c.weigh(advantages)
+    for i in range(4):
+        for j in range(6):
+            one = torch.zeros(4, 6)
+            one[i, j] = 1.0
+            plain, _ = policy_loss(logp, old, advantages, one, dual_clip=dual_clip)
+            scaled, _ = policy_loss(logp, old, weighted, one, dual_clip=dual_clip)
+            assert scaled == pytest.approx(float(c.weights[i, j] * plain), rel=1e-5, abs=1e-7)
+
+
 # --------------------------------------------------------------------------- a whole job
 
 
@@ -126,6 +174,11 @@ def test_async_job_in_the_distributed_placement_trains_one_version_behind(ray_cl
     assert any(r["async/staleness_mean"] == 1 for r in rows)  # generation did run ahead of training
     for key in ("async/queue_depth", "async/trainer_wait_s", "async/push_wait_s", "async/rollout_wait_s"):
         assert all(key in r for r in rows), key
+    stale = [r for r in rows if r["async/staleness_mean"] == 1]
+    for r in stale:  # trained with importance weights, the sampling policy's distance measured
+        assert 0 < r["async/is_weight_mean"] <= 5 and 0 <= r["async/is_weight_clipped"] <= 1, r
+        assert r["async/behaviour_logprob_diff"] >= abs(r["async/behaviour_kl"]), r
+    assert any(r["async/behaviour_logprob_diff"] > 0 for r in stale)  # the policy moved between sampling and training
 
 
 SEED = Path("/work/shared/seed/custom-reward-functions.md")

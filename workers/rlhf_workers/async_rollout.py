@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
+import torch
+
 from .step_metrics import Timer
 from .weight_sync import SyncReport
 
@@ -39,6 +41,13 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between checks of the stop flag while a thread waits.
 POLL_S = 0.2
+
+#: Bounds of a stale batch's per-token importance weight (trainers' policy over the sampling
+#: policy); OpenRLHF's defaults for ``--algo.advantage.is_correction_threshold`` ("tis").
+IS_WEIGHT_BOUNDS = (0.5, 5.0)
+#: Mean |trainers' - engines' logprob| per token of a stale batch above which the loop warns:
+#: one update of a sound run moves the sampled tokens' logprobs by far less.
+OFF_POLICY_WARN_NATS = 1.0
 
 
 class SyncRollouts:
@@ -173,6 +182,53 @@ class AsyncRollouts:
         self._thread.join(timeout=600)
         if self._thread.is_alive():
             logger.warning("async: the rollout thread did not stop within 600 s")
+
+
+@dataclass
+class OffPolicyCorrection:
+    """How a stale batch is trained on: truncated importance weights per token, and what they measured."""
+
+    weights: torch.Tensor  #: ``[B, T]``, clamp(pi_trainers / pi_sampling, *IS_WEIGHT_BOUNDS), 0 on padding
+    metrics: dict[str, float]
+
+    def weigh(self, advantages: torch.Tensor) -> torch.Tensor:
+        """The advantages scaled by the weights. The PPO loss of a token is ``-min(r A, clip(r) A)``:
+        for a weight ``w > 0`` that of ``w A`` is ``w`` times it, so this weighs each token's loss
+        exactly as OpenRLHF's truncated importance sampling ("tis") does."""
+        return advantages * self.weights
+
+
+def off_policy_correction(trainer_logprobs: torch.Tensor, sampling_logprobs: torch.Tensor,
+                          mask: torch.Tensor) -> OffPolicyCorrection:
+    """Truncated importance sampling for a batch sampled by an older policy (``algorithm.async``).
+
+    As in OpenRLHF's asynchronous mode, the PPO ratio is taken against the trainers' logprobs
+    before the update (``trainer_logprobs``, its "old" policy), and each token's loss is weighted
+    by ``pi_trainers / pi_sampling`` from the engines' logprobs (``sampling_logprobs``), clamped
+    to :data:`IS_WEIGHT_BOUNDS` and not differentiated. The metrics measure how far the sampling
+    policy was from the trained one: ``async/behaviour_kl`` (mean of sampling minus trainer
+    logprob over the response tokens, OpenRLHF's ``vllm_kl``), ``async/behaviour_logprob_diff``
+    (mean absolute difference), ``async/is_weight_mean`` and ``async/is_weight_clipped`` (share
+    of tokens whose weight the bounds cut).
+    """
+    mask = mask.to(trainer_logprobs.dtype)
+    tokens = mask.sum().clamp(min=1.0)
+    log_ratio = (trainer_logprobs - sampling_logprobs) * mask
+    raw = log_ratio.clamp(-20.0, 20.0).exp()
+    low, high = IS_WEIGHT_BOUNDS
+    weights = raw.clamp(low, high) * mask
+    metrics = {
+        "async/behaviour_kl": float((-log_ratio).sum() / tokens),
+        "async/behaviour_logprob_diff": float(log_ratio.abs().sum() / tokens),
+        "async/is_weight_mean": float(weights.sum() / tokens),
+        "async/is_weight_clipped": float((((raw < low) | (raw > high)).to(mask.dtype) * mask).sum() / tokens),
+    }
+    if metrics["async/behaviour_logprob_diff"] > OFF_POLICY_WARN_NATS:
+        logger.warning("async: the trainers' logprobs of a stale batch's tokens differ from the engines' by %.2f "
+                       "nats per token (%.0f%% of the importance weights clipped): either one update moves the policy "
+                       "that far (lower the learning rate or maxStaleness), or a weight push did not arrive",
+                       metrics["async/behaviour_logprob_diff"], 100 * metrics["async/is_weight_clipped"])
+    return OffPolicyCorrection(weights.detach(), metrics)
 
 
 @contextmanager

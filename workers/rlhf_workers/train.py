@@ -56,7 +56,7 @@ from rlhf_api.spec import GROUP_ESTIMATORS
 from rlhf_api.workerconfig import WorkerConfig
 
 from .agent import agent_rewards
-from .async_rollout import rollout_source
+from .async_rollout import OffPolicyCorrection, off_policy_correction, rollout_source
 from .algorithms import AdvantageResult, compute_advantages, compute_kl, dynamic_filter
 from .batch import MicroBatch, dummy, pack, pad_rows
 from .cluster import Cluster, RoleGroup, split_evenly
@@ -121,6 +121,7 @@ class ForwardPasses:
     old_logprobs: Optional[torch.Tensor]  #: the policy's before the update (an update can drift, or KL in the reward)
     ref_logprobs: Optional[torch.Tensor]  #: the reference model's (KL on)
     values: Optional[torch.Tensor]  #: the critic's (gae)
+    off_policy: Optional[OffPolicyCorrection] = None  #: importance weights of a batch sampled by an older policy
 
 
 def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Optional[Reporter] = None,
@@ -174,6 +175,7 @@ def train(config: WorkerConfig, *, max_steps: Optional[int] = None, reporter: Op
                                           adv, stats))
                 row.update(synced.metrics())  # weight_sync/backend and weight_sync/bytes
                 row.update(rollouts.metrics())  # async/* (algorithm.async)
+                row.update(passes.off_policy.metrics if passes.off_policy else {})  # async/behaviour_kl, is_weight_*
             else:
                 s.reporter.message(f"step {step + 1}: no prompt group passed dynamic filtering "
                                   "or every group had a reward fault; nothing to train on")
@@ -238,9 +240,11 @@ def check_reward_faults(faults: FaultWindow, s) -> None:
 def forward_passes(cluster: Cluster, batch: Rollout, spec, pad_id: int, off_policy: bool = False) -> ForwardPasses:
     """Step 4: the per-token numbers the advantages and the update need, from the workers that hold them.
 
-    ``off_policy``: the batch was sampled by an older policy (``algorithm.async``); the engines'
-    logprobs then serve as the old policy's, so the PPO ratio and its clip measure how far the
-    update moves from the policy that sampled.
+    ``off_policy``: the batch was sampled by an older policy (``algorithm.async``). As in
+    OpenRLHF's asynchronous mode, the old logprobs are then the trainers' own (the PPO clip bounds
+    the update against the policy being trained), and each token's loss is weighted by the
+    truncated importance ratio of that policy to the sampling one
+    (:func:`~rlhf_workers.async_rollout.off_policy_correction`).
     """
     algo, training = spec.algorithm, spec.training
     action_mask = batch.action_mask()
@@ -249,15 +253,13 @@ def forward_passes(cluster: Cluster, batch: Rollout, spec, pad_id: int, off_poli
     updates = math.ceil(len(batch) / training.train_batch_size) * training.max_epochs
     need_old = (kl_on and not algo.kl.use_loss) or updates > 1
     micro = training.micro_batch_size
-    if off_policy:
-        old = rollout_logprobs
-    else:
-        old = _forward(cluster.policy, batch, pad_id, micro, action_mask) if need_old else None
+    old = _forward(cluster.policy, batch, pad_id, micro, action_mask) if need_old or off_policy else None
     return ForwardPasses(
         action_mask, rollout_logprobs,
         old_logprobs=old,
         ref_logprobs=_forward(cluster.ref, batch, pad_id, micro, action_mask) if kl_on else None,
         values=_forward(cluster.critic, batch, pad_id, micro, action_mask) if algo.advantage_estimator == "gae" else None,
+        off_policy=off_policy_correction(old, rollout_logprobs, action_mask) if off_policy else None,
     )
 
 
@@ -286,7 +288,8 @@ def update(cluster: Cluster, batch: Rollout, passes: ForwardPasses, adv: Advanta
     algo, training = spec.algorithm, spec.training
     schedule = train_schedule(len(batch), training.train_batch_size, training.micro_batch_size,
                               len(cluster.policy), training.max_epochs, seed=seed)
-    fields = dict(advantages=adv.advantages, old_logprobs=passes.old_logprobs,
+    weighted = passes.off_policy.weigh(adv.advantages) if passes.off_policy else adv.advantages
+    fields = dict(advantages=weighted, old_logprobs=passes.old_logprobs,
                   ref_logprobs=passes.ref_logprobs if algo.kl.use_loss else None,
                   rollout_logprobs=passes.rollout_logprobs)
     policy_refs = _train(cluster.policy, batch, schedule, pad_id, fields)
