@@ -84,9 +84,11 @@ def alive(marker):
 
 marker = os.environ["ESCAPE_MARKER"]  # not in argv: the driver's own command line would match
 limits = Limits(memory_mb=1024, max_processes=int(os.environ["PROBE_NPROC"]))
-with SandboxPool({"kind": "reward_func", "path": sys.argv[1]}, size=1, timeout=4, limits=limits) as pool:
+target = {"kind": "reward_func", "path": sys.argv[1]}
+with SandboxPool(target, size=1, timeout=60, limits=limits) as pool:  # the runs end well before this
     (ran,) = pool.map([([f"run:{marker}"], [""], [""])])
-    after_runs = alive(marker)
+    after_runs = alive(marker)  # the worker still lives: only run_command can have ended them
+with SandboxPool(target, size=1, timeout=4, limits=limits) as pool:
     (hung,) = pool.map([([f"hang:{marker}"], [""], [""])])
     after_kill = alive(marker)
     print(json.dumps({"uid": os.getuid(), "report": pool.report, "ran": ran.status,

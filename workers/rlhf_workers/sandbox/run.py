@@ -2,8 +2,9 @@
 
 For rewards that execute model-written programs (the seed's code-generation example): each run
 gets a fresh directory, its own wall-clock timeout (at it, or when the program exits, its process
-group is killed, and so is whatever left the group: see :mod:`.reap`), its own rlimits (tighter than the reward's, never looser: an unprivileged process cannot raise a hard
-limit), bounded stdout/stderr, and comes back as a :class:`RunResult` saying how it ended. Inside
+group is killed, and so is whatever left the group: see :mod:`.reap`), its own rlimits (tighter
+than the reward's, never looser: an unprivileged process cannot raise a hard limit), bounded
+stdout/stderr, and comes back as a :class:`RunResult` saying how it ended. Inside
 a training job the reward itself already runs in the sandbox, so what it starts also has no
 network and a read-only file system outside scratch (those walls are inherited); called
 elsewhere, only the limits and the timeout apply.
