@@ -141,6 +141,7 @@ class Paths:
         self.extra["trainer_sent"].append(sent)
         self.extra["engine_wire_wait"].append(stats["wire_wait_s"])
         self.extra["engine_load"].append(stats["load_s"])
+        self.last_receive = stats
         return seconds
 
     def object_store_push(self) -> float:
@@ -233,6 +234,9 @@ def main(argv=None) -> int:
                       f"buckets of {args.bucket_mb} MiB; started in {time.perf_counter() - started:.0f} s", flush=True)
                 paths = Paths(cluster, ObjectStoreSync(cluster.policy.actors, cluster.engines.actors))
                 results = measure(paths, args.repeats)
+                last = paths.last_receive
+                print(f"engine, last push: {last['buckets']} buckets, {last['fresh_buffers']} of them into freshly "
+                      f"allocated memory (the rest reused)", flush=True)
             finally:
                 cluster.shutdown()
     finally:

@@ -43,9 +43,10 @@ class WeightReceiverExtension:
 
     def rlhf_last_receive(self) -> Optional[dict]:
         """Where this worker's last push spent its time: ``seconds``, ``wire_wait_s`` (waiting for
-        buckets), ``load_s`` (vLLM loading), ``bytes`` and ``buckets``; None before any push."""
+        buckets), ``load_s`` (vLLM loading), ``bytes``, ``buckets`` and ``fresh_buffers``; None
+        before any push."""
         stats = self._rlhf_group.last_receive if self._rlhf_group is not None else None
         if stats is None:
             return None
         return {"seconds": stats.seconds, "wire_wait_s": stats.wire_wait_s, "load_s": stats.load_s,
-                "bytes": stats.bytes, "buckets": stats.buckets}
+                "bytes": stats.bytes, "buckets": stats.buckets, "fresh_buffers": stats.fresh_buffers}

@@ -246,6 +246,7 @@ class BufferPool:
         countable = hasattr(torch._C, "_storage_Use_Count")
         self.keep = keep if device.type == "cpu" and countable else 0
         self._kept: list[tuple[torch.Tensor, int]] = []  # (buffer, its storage's count when unused)
+        self.allocations = 0  #: fresh buffers handed out so far (kept or not)
 
     def take(self, nbytes: int) -> torch.Tensor:
         """A buffer of ``nbytes`` that nothing else uses; its contents are undefined."""
@@ -254,6 +255,7 @@ class BufferPool:
         if fits:
             return self._kept[min(fits, key=lambda i: self._kept[i][0].numel())][0][:nbytes]
         buffer = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+        self.allocations += 1
         if len(self._kept) >= self.keep and free:  # full: a free buffer too small for this bucket makes room
             self._kept.pop(min(free, key=lambda i: self._kept[i][0].numel()))
         if len(self._kept) < self.keep:
@@ -319,6 +321,7 @@ class ReceiveStats:
     wire_wait_s: float = 0.0  #: blocked waiting for a bucket to arrive
     bytes: int = 0
     buckets: int = 0
+    fresh_buffers: int = 0  #: buckets that landed in newly allocated memory (0 once the pool is warm on CPU)
 
     @property
     def load_s(self) -> float:
@@ -336,6 +339,7 @@ def receive_parameters(group: SyncGroup, layout: Sequence[TensorLayout], bucket_
     """
     buckets = plan_buckets(layout, bucket_bytes)
     stats = stats if stats is not None else ReceiveStats()
+    allocations = group.buffers.allocations
 
     def start(k: int):
         buffer = group.buffers.take(buckets[k].nbytes)
@@ -350,6 +354,7 @@ def receive_parameters(group: SyncGroup, layout: Sequence[TensorLayout], bucket_
         stats.bytes += bucket.nbytes
         stats.buckets += 1
         pending = start(k + 1) if k + 1 < len(buckets) else None
+        stats.fresh_buffers = group.buffers.allocations - allocations
         yield from unpack_bucket(bucket, buffer)
 
 
