@@ -16,7 +16,8 @@ from support.jobs import merge, runnable_spec, write_job
 import torch
 
 from rlhf_workers.algorithms import policy_loss
-from rlhf_workers.async_rollout import IS_WEIGHT_BOUNDS, AsyncRollouts, off_policy_correction
+from rlhf_workers.async_rollout import (IS_WEIGHT_BOUNDS, OFF_POLICY_WARN_NATS, AsyncRollouts, check_off_policy,
+                                        off_policy_correction)
 from rlhf_workers.step_metrics import Timer
 from rlhf_workers.weight_sync import SyncReport
 
@@ -136,6 +137,14 @@ def test_same_policy_means_unit_weights_and_no_mismatch():
     assert c.metrics["async/behaviour_kl"] == 0 and c.metrics["async/is_weight_clipped"] == 0
 
 
+def test_a_stale_batch_far_from_the_trainers_policy_is_warned_about(caplog):
+    assert not check_off_policy({"logprob_diff_mean": 0.2})
+    assert not check_off_policy({})  # no sampled-token logprobs to compare
+    with caplog.at_level("WARNING"):
+        assert check_off_policy({"logprob_diff_mean": OFF_POLICY_WARN_NATS + 2})
+    assert "weight push did not arrive" in caplog.text and "3.00 nats" in caplog.text
+
+
 @pytest.mark.parametrize("dual_clip", [None, 3.0])
 def test_weighing_the_advantages_weighs_each_tokens_ppo_loss(dual_clip):
     """OpenRLHF multiplies each token's clipped PPO loss by the weight; scaling the advantage by a
@@ -160,12 +169,13 @@ def test_weighing_the_advantages_weighs_each_tokens_ppo_loss(dual_clip):
 @pytest.mark.slow
 def test_async_job_in_the_distributed_placement_trains_one_version_behind(ray_cluster, tiny, tmp_path):
     """placement auto + async: the job runs distributed, every step trains a batch sampled at most
-    maxStaleness versions earlier, the weights travel over gloo, nothing is dropped."""
+    maxStaleness versions earlier, the weights travel over gloo, nothing is dropped; with two
+    epochs the old-logprob pass runs, and stale batches get importance weights."""
     from rlhf_workers.local import run_local
 
     job = write_job(tmp_path, merge(runnable_spec(tiny, QUICKSTART / "prompts.jsonl", QUICKSTART / "reward_func.py"), {
         "algorithm": {"async": {"enabled": True, "maxStaleness": 1}}, "rollout": {"backend": "vllm"},
-        "cluster": {"placement": "auto"}, "training": {"maxSteps": 4, "learningRate": 1e-2}}))
+        "cluster": {"placement": "auto"}, "training": {"maxSteps": 4, "learningRate": 1e-2, "maxEpochs": 2}}))
     assert run_local(str(job), str(tmp_path / "out"), quiet=True) == 0
     rows = metrics(tmp_path / "out")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
@@ -214,3 +224,6 @@ def test_async_job_with_the_seed_math_agent(ray_cluster, tiny, tmp_path):
     for r in rows:
         assert r["extra/attempts"] == pytest.approx(3.0) and r["samples"] == 2 * r["filter/groups_generated"], r
         assert r["async/staleness_mean"] <= 1 and r["async/dropped"] == 0
+    stale = [r for r in rows if r["async/staleness_mean"] == 1]
+    assert stale  # one optimizer step per batch: the trainers' own logprobs are the old ones, no extra pass
+    assert all("async/is_weight_mean" not in r and r["rollout/logprob_diff_mean"] >= 0 for r in stale)

@@ -15,11 +15,25 @@
   and counted. The same lock guards the data position a checkpoint saves; a run resumed from
   such a checkpoint skips the prompts of the batches that were queued but not yet trained.
 
+  A batch sampled by an older policy is trained the way OpenRLHF's asynchronous mode trains
+  it: the old logprobs of the PPO ratio are the trainers' own before the update, not the
+  engines', so the clip bounds the update against the policy being trained. For a batch trained
+  in one optimizer step (no KL in the reward) those are the logprobs the trainers compute in the
+  update itself, at no extra cost; when the loop runs the old-logprob pass anyway (several
+  optimizer steps or epochs, KL in the reward) each token's loss is also weighted by the ratio of
+  the trainers' policy to the sampling one, clamped to :data:`IS_WEIGHT_BOUNDS` (OpenRLHF's
+  ``--algo.advantage.is_correction_enable``, type ``tis``; :func:`off_policy_correction`).
+  The engines' logprobs cannot check such a batch's weight sync (the trainers no longer hold the
+  weights that sampled it): ``rollout/logprob_diff_mean`` then measures how far the policy moved
+  since sampling, and :func:`check_off_policy` warns when that is implausibly large.
+
 Metrics (async only): ``async/staleness_mean`` (policy versions between sampling and training,
 over the batch's samples), ``async/dropped`` (batches dropped so far), ``async/queue_depth``
 (batches ready when the trainer asked), ``async/trainer_wait_s`` (the trainer waiting for a
 batch), ``async/push_wait_s`` (the push waiting for a batch being generated to finish), and
-``async/rollout_wait_s`` (the generator waiting for room in the queue).
+``async/rollout_wait_s`` (the generator waiting for room in the queue); for a stale batch
+given importance weights, ``async/behaviour_kl``, ``async/behaviour_logprob_diff``,
+``async/is_weight_mean`` and ``async/is_weight_clipped`` (:func:`off_policy_correction`).
 """
 
 from __future__ import annotations
@@ -223,12 +237,19 @@ def off_policy_correction(trainer_logprobs: torch.Tensor, sampling_logprobs: tor
         "async/is_weight_mean": float(weights.sum() / tokens),
         "async/is_weight_clipped": float((((raw < low) | (raw > high)).to(mask.dtype) * mask).sum() / tokens),
     }
-    if metrics["async/behaviour_logprob_diff"] > OFF_POLICY_WARN_NATS:
-        logger.warning("async: the trainers' logprobs of a stale batch's tokens differ from the engines' by %.2f "
-                       "nats per token (%.0f%% of the importance weights clipped): either one update moves the policy "
-                       "that far (lower the learning rate or maxStaleness), or a weight push did not arrive",
-                       metrics["async/behaviour_logprob_diff"], 100 * metrics["async/is_weight_clipped"])
     return OffPolicyCorrection(weights.detach(), metrics)
+
+
+def check_off_policy(stats: dict[str, float]) -> bool:
+    """Warn when the trainers' logprobs of a stale batch's sampled tokens (before the update) are
+    implausibly far from the engines': more than :data:`OFF_POLICY_WARN_NATS` per token on average."""
+    diff = stats.get("logprob_diff_mean", 0.0)
+    if diff <= OFF_POLICY_WARN_NATS:
+        return False
+    logger.warning("async: the trainers' logprobs of a stale batch's tokens differ from the engines' by %.2f nats per "
+                   "token: either the updates since it was sampled moved the policy that far (lower the learning "
+                   "rate or maxStaleness), or a weight push did not arrive", diff)
+    return True
 
 
 @contextmanager
