@@ -233,8 +233,9 @@ class BufferPool:
     """Flat byte buffers kept from bucket to bucket and from push to push.
 
     On CPUs a fresh buffer of tens of MiB is a fresh memory mapping whose pages all fault on
-    their first write (about 25 ms per 64 MiB on the 2-core machine), a cost the bare
-    broadcast never pays; so up to ``keep`` buffers are kept there. On GPUs PyTorch's caching
+    their first write (allocating and filling 64 MiB took 120-300 ms on the loaded 2-core
+    machine, refilling a kept one 12-30 ms), a cost the bare broadcast never pays; so up to
+    ``keep`` buffers are kept there. On GPUs PyTorch's caching
     allocator already reuses freed blocks, and nothing is kept. A kept buffer is handed out
     again only when no tensor outside the pool still uses its memory (vLLM's layer-by-layer
     reload holds the weights of a layer until the whole layer has arrived), which is read from
@@ -334,8 +335,10 @@ def receive_parameters(group: SyncGroup, layout: Sequence[TensorLayout], bucket_
     """Engine side: ``(name, tensor)`` pairs as the buckets arrive, for a ``load_weights`` to consume.
 
     Each bucket is one broadcast into a buffer from the group's pool; the yielded tensors are
-    views into it. The next bucket is already arriving while the loader works on the current
-    one, and a buffer is reused only once the loader has let go of every view into it.
+    views into it. The first bucket is posted at once, so it travels while the loader gets
+    ready (vLLM's reload sets its layers up before it reads a weight); the next bucket is
+    already arriving while the loader works on the current one, and a buffer is reused only
+    once the loader has let go of every view into it.
     """
     buckets = plan_buckets(layout, bucket_bytes)
     stats = stats if stats is not None else ReceiveStats()
@@ -345,17 +348,19 @@ def receive_parameters(group: SyncGroup, layout: Sequence[TensorLayout], bucket_
         buffer = group.buffers.take(buckets[k].nbytes)
         return buffer, group.start_broadcast(buffer)
 
-    pending = start(0) if buckets else None
-    for k, bucket in enumerate(buckets):
-        buffer, work = pending
-        waited = time.perf_counter()
-        work.wait()
-        stats.wire_wait_s += time.perf_counter() - waited
-        stats.bytes += bucket.nbytes
-        stats.buckets += 1
-        pending = start(k + 1) if k + 1 < len(buckets) else None
-        stats.fresh_buffers = group.buffers.allocations - allocations
-        yield from unpack_bucket(bucket, buffer)
+    def arrivals(pending):
+        for k, bucket in enumerate(buckets):
+            buffer, work = pending
+            waited = time.perf_counter()
+            work.wait()
+            stats.wire_wait_s += time.perf_counter() - waited
+            stats.bytes += bucket.nbytes
+            stats.buckets += 1
+            pending = start(k + 1) if k + 1 < len(buckets) else None
+            stats.fresh_buffers = group.buffers.allocations - allocations
+            yield from unpack_bucket(bucket, buffer)
+
+    return arrivals(start(0) if buckets else None)
 
 
 def receive_into(load: Callable[[Iterable[tuple[str, torch.Tensor]]], None], group: SyncGroup,
