@@ -65,8 +65,9 @@ GOAL_VS_OBJECT_STORE = 3.0
 
 
 def _trainer_keep_full_weights(worker) -> int:
-    """Trainer: keep full copies of the weights (ZeRO-3 gathered once, outside any timing)."""
-    worker.bench_tensors = [t.detach().clone() for _, t in worker.policy.iter_weights(clone=True)]
+    """Trainer: keep the full weights at hand (ZeRO-3: gathered copies, made once outside any timing;
+    otherwise the parameters themselves, so a large model is not held twice)."""
+    worker.bench_tensors = [t.detach() for _, t in worker.policy.iter_weights(clone=False)]
     return sum(t.numel() * t.element_size() for t in worker.bench_tensors)
 
 

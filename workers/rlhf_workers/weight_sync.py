@@ -242,7 +242,7 @@ class BufferPool:
     the reference count of its storage, views of views included.
     """
 
-    def __init__(self, device: torch.device, keep: int = 3):
+    def __init__(self, device: torch.device, keep: int = 6):
         self.device = device
         countable = hasattr(torch._C, "_storage_Use_Count")
         self.keep = keep if device.type == "cpu" and countable else 0
