@@ -29,7 +29,8 @@ two ratios. On a shared machine read the best runs: the medians there move with 
 
     python bench/weight_sync.py                  # ~25M fp32 parameters (97 MiB), about a minute on 2 cores
     python bench/weight_sync.py --size 135m      # ~0.13B fp32 parameters (0.5 GiB)
-    python bench/weight_sync.py --size 0.5b      # ~0.46B parameters in bf16 (0.9 GiB): the issue's size
+    python bench/weight_sync.py --size 0.5b      # ~0.46B parameters: the issue's size (bf16 on GPUs, 0.9 GiB;
+                                                 # fp32 on CPU, 1.7 GiB; there add --zero-stage 0 --repeats 3)
 """
 
 from __future__ import annotations
