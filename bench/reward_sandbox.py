@@ -5,7 +5,10 @@
 
 Both sides score the same batch: 64 candidate implementations of ``add(a, b)`` (passing,
 failing, crashing, looping) with the same pytest tests, one pytest run per sample, the same
-per-run timeout and the same pytest environment (plugin autoload off, for both).
+per-run timeout and the same pytest environment (plugin autoload off, for both). The batch has
+the shape training gives a reward: ``--samples-per-prompt`` samples (default 8, GRPO's usual
+group) of each prompt, prompt-major. The pool never splits a prompt group across calls, so
+``--samples-per-prompt 64`` (one prompt for the whole batch) leaves it one call: no parallelism.
 
 * baseline - the seed's code-generation approach: in the reward's own process, for each sample
   in turn, write a temporary file and ``subprocess.run(["python", "-m", "pytest", file], timeout=...)``;
@@ -42,6 +45,14 @@ KINDS = {
 MIX = ["passing"] * 3 + ["failing"] * 2 + ["crashing"] * 2 + ["looping"]  # 1 in 8 loops until the timeout
 
 
+def batch(count: int, per_prompt: int) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(kinds, queries, prompts, labels): ``count`` programs, ``per_prompt`` samples of each prompt."""
+    progs = programs(count)
+    prompts = [f"Write add(a, b) (task {i // per_prompt}).\n" for i in range(count)]
+    return ([kind for kind, _ in progs], [p + src for p, (_, src) in zip(prompts, progs)], prompts,
+            [TESTS] * count)
+
+
 def programs(count: int) -> list[tuple[str, str]]:
     """(kind, source) for ``count`` programs; each carries a distinct comment so none is a copy."""
     return [(MIX[i % len(MIX)], f"# candidate {i}\n" + KINDS[MIX[i % len(MIX)]]) for i in range(count)]
@@ -74,16 +85,22 @@ def overheads(calls: int) -> dict[str, float]:
 
     argv = [sys.executable, "-S", "-c", "pass"]
 
-    def median(fn) -> float:
-        times = []
+    def medians(*fns) -> list[float]:
+        """Median seconds of each, the calls interleaved so that a change in the machine's load hits all alike."""
+        times: list[list[float]] = [[] for _ in fns]
         for _ in range(calls):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+            for fn, kept in zip(fns, times):
+                start = time.perf_counter()
+                fn()
+                kept.append(time.perf_counter() - start)
+        return [statistics.median(kept) for kept in times]
 
-    out = {"bare subprocess.run": median(lambda: subprocess.run(argv, capture_output=True, timeout=30)),
-           "sandbox run_command": median(lambda: run_command(argv, timeout=30))}
+    def median(fn) -> float:
+        return medians(fn)[0]
+
+    out = dict(zip(("bare subprocess.run", "sandbox run_command"),
+                   medians(lambda: subprocess.run(argv, capture_output=True, timeout=30),
+                           lambda: run_command(argv, timeout=30))))
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "noop.py"
         path.write_text("def reward_func(queries, prompts, labels):\n    return {'rewards': [0.0] * len(queries)}\n")
@@ -98,6 +115,8 @@ def overheads(calls: int) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--programs", type=int, default=64)
+    parser.add_argument("--samples-per-prompt", type=int, default=8,
+                        help="samples of each prompt (a group is never split across calls)")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds per pytest run (both sides)")
     parser.add_argument("--parallelism", type=int, default=None, help="sandboxed processes (default: cores)")
     parser.add_argument("--calls", type=int, default=30, help="calls per overhead measurement")
@@ -108,12 +127,11 @@ def main() -> int:
     from rlhf_workers.reward import SandboxedFunctionReward
     from rlhf_workers.sandbox import Limits, available_cores
 
-    progs = programs(args.programs)
-    prompt = "Write add(a, b).\n"
-    queries, prompts, labels = [prompt + src for _, src in progs], [prompt] * len(progs), [TESTS] * len(progs)
-    counts = {k: sum(kind == k for kind, _ in progs) for k in KINDS}
+    kinds, queries, prompts, labels = batch(args.programs, args.samples_per_prompt)
+    counts = {k: kinds.count(k) for k in KINDS}
     cores = available_cores()
-    print(f"{len(progs)} programs {counts}; timeout {args.timeout:g}s per run; {cores} cores available")
+    print(f"{len(kinds)} programs {counts}, {args.samples_per_prompt} per prompt; timeout {args.timeout:g}s per run; "
+          f"{cores} cores available; load average {os.getloadavg()[0]:.1f}")
 
     example = EXAMPLE.read_text().replace("TIMEOUT_S = 5", f"TIMEOUT_S = {args.timeout!r}")
     with tempfile.TemporaryDirectory() as d:
@@ -125,7 +143,7 @@ def main() -> int:
         start_s = time.perf_counter() - start
         print(f"sandbox: {reward.report}")
         seed_s = pool_s = 0.0
-        same = True
+        differ: list[str] = []
         try:  # rounds in A B B A order, so a change in the machine's load hits both sides alike
             for k in range(args.rounds):
                 for side in ("seed", "pool") if k % 2 == 0 else ("pool", "seed"):
@@ -136,13 +154,17 @@ def main() -> int:
                     else:
                         result = reward.score(queries, prompts, labels)
                         pool_s += time.perf_counter() - start
-                same = same and [round(x, 4) for x in result.rewards.tolist()] == [round(x, 4) for x in baseline]
+                differ += [f"#{i} {kinds[i]}: seed {b:g}, pool {p:g}" for i, (b, p) in
+                           enumerate(zip(baseline, result.rewards.tolist())) if round(b, 4) != round(p, 4)]
         finally:
             reward.close()
+    same = not differ
     print(f"seed, sequential subprocess.run : {seed_s:7.2f} s  ({args.rounds} round(s))")
     print(f"sandboxed pool ({reward.pool.size} processes)    : {pool_s:7.2f} s  (+ {start_s:.2f} s to start the pool once)")
     print(f"speed-up                        : {seed_s / pool_s:7.2f}x   (goal >= 1.8x on 2 cores); "
           f"same rewards: {same}; faults: {len(result.faults)}")
+    if differ:  # a pytest run past the timeout on one side only (a loaded machine) shows up here
+        print(f"rewards that differ ({len(differ)}): " + "; ".join(differ[:10]))
     costs = overheads(args.calls)
     bare, sandboxed = costs["bare subprocess.run"], costs["sandbox run_command"]
     direct, pooled = costs["direct reward call"], costs["sandboxed pool call"]

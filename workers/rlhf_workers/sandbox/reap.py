@@ -26,7 +26,7 @@ import ctypes
 import os
 import signal
 import time
-from typing import Iterable, Optional
+from typing import Iterable
 
 __all__ = ["become_subreaper", "descendants", "kill_tree", "own_children", "sweep_adopted"]
 
@@ -103,9 +103,7 @@ def _is_child(pid: int) -> bool:
     try:
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         return True
-    except ChildProcessError:
-        return False
-    except OSError:
+    except OSError:  # ECHILD: not a child of this process
         return False
 
 
