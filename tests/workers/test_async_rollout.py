@@ -169,8 +169,8 @@ def test_weighing_the_advantages_weighs_each_tokens_ppo_loss(dual_clip):
 @pytest.mark.slow
 def test_async_job_in_the_distributed_placement_trains_one_version_behind(ray_cluster, tiny, tmp_path):
     """placement auto + async: the job runs distributed, every step trains a batch sampled at most
-    maxStaleness versions earlier, the weights travel over gloo, nothing is dropped; with two
-    epochs the old-logprob pass runs, and stale batches get importance weights."""
+    maxStaleness versions earlier, the weights travel over gloo, nothing is dropped; stale
+    batches (two epochs each here) are trained with importance weights."""
     from rlhf_workers.local import run_local
 
     job = write_job(tmp_path, merge(runnable_spec(tiny, QUICKSTART / "prompts.jsonl", QUICKSTART / "reward_func.py"), {
@@ -225,5 +225,4 @@ def test_async_job_with_the_seed_math_agent(ray_cluster, tiny, tmp_path):
         assert r["extra/attempts"] == pytest.approx(3.0) and r["samples"] == 2 * r["filter/groups_generated"], r
         assert r["async/staleness_mean"] <= 1 and r["async/dropped"] == 0
     stale = [r for r in rows if r["async/staleness_mean"] == 1]
-    assert stale  # one optimizer step per batch: the trainers' own logprobs are the old ones, no extra pass
-    assert all("async/is_weight_mean" not in r and r["rollout/logprob_diff_mean"] >= 0 for r in stale)
+    assert stale and all(0 < r["async/is_weight_mean"] <= 5 for r in stale)  # agents' episodes get weights too
