@@ -139,6 +139,8 @@ class OutputTail:
 class _Worker:
     """One sandboxed process: spawned, ready, busy with one call, or dead."""
 
+    module = "rlhf_workers.sandbox.child"  #: what the process runs (``python -m MODULE REQUEST_FD REPLY_FD``)
+
     def __init__(self, config: dict, limits: Limits, scratch_root: Optional[str]):
         self.config, self.limits, self.scratch_root = config, limits, scratch_root
         self.proc: Optional[subprocess.Popen] = None
@@ -158,7 +160,7 @@ class _Worker:
         env["PYTHONPATH"] = os.pathsep.join(p for p in [*sys.path, env.get("PYTHONPATH", "")] if p)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "rlhf_workers.sandbox.child", str(request_r), str(reply_w)],
+                [sys.executable, "-m", self.module, str(request_r), str(reply_w)],
                 pass_fds=(request_r, reply_w), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, env=env, cwd=self.scratch, start_new_session=True)
         finally:
