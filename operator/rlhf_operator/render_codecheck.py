@@ -5,7 +5,7 @@ Before the RayJob, the operator runs the job's reward/agent code once in a short
 * the worker image (the job's ``cluster.image`` or the operator's default), the same snapshot
   ConfigMap mounts (worker config, code) and ``cluster.volumes`` (where the data usually is) as
   the Ray pods, the same restricted security context, no service-account token;
-* CPU only: one core, and the memory the sandboxed reward may use (``reward.sandbox.memoryMB``)
+* CPU only: one core, and the memory the sandboxed reward or agent may use (``*.sandbox.memoryMB``)
   plus 1 GiB for the check itself (at least 2 GiB); no GPU requested, no node selector or
   tolerations of the GPU groups;
 * no Secrets: environment entries that come from Secrets or ConfigMaps are left out;
@@ -52,9 +52,10 @@ def wanted(spec: RLHFJobSpec) -> bool:
 
 
 def memory(spec: RLHFJobSpec) -> str:
-    """The pod's memory: room for the sandboxed reward as training gives it (reward.sandbox.memoryMB)
-    and the check process beside it; at least MEMORY."""
-    sandbox = getattr(spec.reward, "sandbox", None) if spec.reward is not None else None
+    """The pod's memory: room for the sandboxed reward or agent as training gives it
+    (``reward.sandbox.memoryMB``, ``agent.sandbox.memoryMB``) and the check process beside it; at least MEMORY."""
+    code = spec.reward if spec.reward is not None else spec.agent
+    sandbox = getattr(code, "sandbox", None) if code is not None else None
     limit = getattr(sandbox, "memory_mb", None)
     if limit is None:
         return MEMORY

@@ -123,13 +123,16 @@ def test_a_pod_that_never_runs_fails_after_the_wait_naming_why():
     assert seen.state == "failed" and "ImagePullBackOff" in seen.message and "60 s" in seen.message
 
 
-def test_the_pods_memory_follows_the_rewards_sandbox_limit():
+def test_the_pods_memory_follows_the_reward_or_agent_sandbox_limit():
     def limits(sandbox):
         pod, _ = pod_for(parsed(reward={"function": {"inline": REWARD}, "sandbox": sandbox}))
         return pod["spec"]["containers"][0]["resources"]["limits"]["memory"]
     assert limits({"memoryMB": 512}) == "2048Mi"  # never under 2 GiB
     assert limits({"memoryMB": 16384}) == "17408Mi"
     assert limits({"memoryMB": 0}) == "8Gi"  # a reward without a memory limit of its own
+    agent = "class AgentInstance:\n    pass\n"
+    pod, _ = pod_for(parsed(reward=None, agent={"inline": agent, "sandbox": {"memoryMB": 3072}}))
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["memory"] == "4096Mi"  # an agent's, likewise
 
 
 def test_the_pod_runs_under_the_reward_runtime_class_when_the_job_names_one():
