@@ -40,10 +40,19 @@ from .weight_sync import (ColocatedSync, CollectiveSync, ObjectStoreSync, SyncGr
 
 logger = logging.getLogger(__name__)
 
-#: Environment every worker process gets (vLLM in-process, quiet tokenizers).
+#: Environment every worker process gets (vLLM in-process, quiet tokenizers, OpenMP threads that sleep).
+#:
+#: ``OMP_WAIT_POLICY=PASSIVE``: torch's OpenMP (libgomp) otherwise spins a thread that reaches
+#: the end of a parallel region until its partners arrive. When the cores are shared (other
+#: processes, or the trainer and engine of another worker on the same node) the partner is often
+#: descheduled, and Ray runs its workers at nice 15, so the spinning thread burns the slice the
+#: partner needs. Measured on a loaded 2-core machine with the ~25M model, 2 threads per worker:
+#: one generate call took 10-12 s of CPU (16-22 s wall) spinning, 1.4 s (1.6 s wall) passive;
+#: an update 8-12 s of CPU against 5-6 s (bench/README.md, bench_vs_trl).
 WORKER_ENV = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+    "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
 }
@@ -100,7 +109,8 @@ class RoleWorker:
             self.engine = make_engine(rollout.backend, spec.model.path, rollout_spec=rollout, model_spec=spec.model,
                                       seed=self.engine_seed, max_model_len=self.max_model_len, dtype=dtype)
         return {"roles": sorted(self.roles), "rank": self.rank, "seconds": time.perf_counter() - started,
-                "threads": torch.get_num_threads(), "pid": os.getpid()}
+                "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                "pid": os.getpid()}
 
     # rollout
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[Generation]]:
@@ -315,6 +325,16 @@ def plan_workers(spec: RLHFJobSpec, placement: str, use_gpus: bool) -> list[Work
     return plans
 
 
+def worker_env(spec: RLHFJobSpec, threads: Optional[int]) -> dict[str, str]:
+    """The environment of every worker process: :data:`WORKER_ENV`, the thread count, then the job's own.
+
+    spec.cluster.env reaches every pod on Kubernetes; its literal values reach every worker process
+    too, last, so a job may set its own ``OMP_WAIT_POLICY`` (local runs: a valueFrom entry has no
+    value here, and must not blank the variable).
+    """
+    return {**WORKER_ENV, **({"OMP_NUM_THREADS": str(threads)} if threads else {}), **spec.cluster.plain_env()}
+
+
 def required_cpus(spec: RLHFJobSpec, placement: str) -> int:
     """Logical CPUs the workers ask Ray for on a CPU-only machine (one each)."""
     return len(plan_workers(spec, placement, use_gpus=False))
@@ -382,10 +402,7 @@ class Cluster:
             raise RuntimeError(
                 f"Ray could not place the workers within {PLACEMENT_TIMEOUT_S:.0f}s: they need {bundles}"
                 f" and the cluster has {ray.cluster_resources()}")
-        # spec.cluster.env reaches every pod on Kubernetes; give its literal values to every worker process
-        # too (local runs: a valueFrom entry has no value here, and must not blank the variable).
-        env = {"env_vars": {**WORKER_ENV, **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
-                            **spec.cluster.plain_env()}}
+        env = {"env_vars": worker_env(spec, threads)}
         payload = spec.model_dump(mode="json")
         worlds: dict[str, list] = {}
         engine_index = 0

@@ -35,6 +35,7 @@ LOCAL_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_CPU_KVCACHE_SPACE": "1",
+    "OMP_WAIT_POLICY": "PASSIVE",  # as every worker gets it (cluster.WORKER_ENV): no spinning on shared cores
     "VLLM_LOGGING_LEVEL": "WARNING",
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_DEDUP_LOGS": "0",
