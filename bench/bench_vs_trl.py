@@ -41,9 +41,14 @@ from bench_runs import load_quickstart, run_ours, run_trl, time_to_threshold  # 
 CONFIGS = ("trl", "colocated-transformers", "colocated-vllm", "distributed-vllm", "distributed-transformers")
 SIZE_DEFAULTS = {"tiny": {"steps": 30, "warmup": 5, "tokens": 32}, "small": {"steps": 10, "warmup": 3, "tokens": 128}}
 
+# Both sides get the same CPU treatment: OpenMP threads that sleep instead of spinning (what our workers
+# get from rlhf_workers.cluster.WORKER_ENV; TRL runs in this process, whose torch is not imported yet), and
+# Ray workers at this process's priority (Ray's default nices them to 15, which on a shared machine hands
+# TRL, at nice 0, the cores).
 for key, value in {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                    "TOKENIZERS_PARALLELISM": "false", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-                   "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", "WANDB_MODE": "disabled"}.items():
+                   "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", "WANDB_MODE": "disabled",
+                   "OMP_WAIT_POLICY": "PASSIVE", "RAY_worker_niceness": str(os.nice(0))}.items():
     os.environ.setdefault(key, value)
 
 
