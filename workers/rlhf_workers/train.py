@@ -243,9 +243,11 @@ def forward_passes(cluster: Cluster, batch: Rollout, spec, pad_id: int, off_poli
     """Step 4: the per-token numbers the advantages and the update need, from the workers that hold them.
 
     ``off_policy``: the batch was sampled by an older policy (``algorithm.async``). As in
-    OpenRLHF's asynchronous mode the old logprobs are the trainers' own (this pass runs), and each
-    token's loss is weighted by the truncated importance ratio of the trainers' policy to the
-    sampling one (:func:`~rlhf_workers.async_rollout.off_policy_correction`).
+    OpenRLHF's asynchronous mode the old logprobs are the trainers' own, and each token's loss is
+    weighted by the truncated importance ratio of the trainers' policy to the sampling one
+    (:func:`~rlhf_workers.async_rollout.off_policy_correction`). When the old-logprob pass runs
+    anyway (several updates, KL in the reward) the weights are taken here; else the trainers take
+    them from their update's own forward pass, which sees the same weights (one optimizer step).
     """
     algo, training = spec.algorithm, spec.training
     action_mask = batch.action_mask()
@@ -254,13 +256,13 @@ def forward_passes(cluster: Cluster, batch: Rollout, spec, pad_id: int, off_poli
     updates = math.ceil(len(batch) / training.train_batch_size) * training.max_epochs
     need_old = (kl_on and not algo.kl.use_loss) or updates > 1
     micro = training.micro_batch_size
-    old = _forward(cluster.policy, batch, pad_id, micro, action_mask) if need_old or off_policy else None
+    old = _forward(cluster.policy, batch, pad_id, micro, action_mask) if need_old else None
     return ForwardPasses(
         action_mask, rollout_logprobs,
         old_logprobs=old,
         ref_logprobs=_forward(cluster.ref, batch, pad_id, micro, action_mask) if kl_on else None,
         values=_forward(cluster.critic, batch, pad_id, micro, action_mask) if algo.advantage_estimator == "gae" else None,
-        off_policy=off_policy_correction(old, rollout_logprobs, action_mask) if off_policy else None,
+        off_policy=off_policy_correction(old, rollout_logprobs, action_mask) if off_policy and need_old else None,
     )
 
 

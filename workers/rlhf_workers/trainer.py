@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from .algorithms import compute_kl, masked_mean, policy_loss, value_loss
+from .async_rollout import off_policy_correction
 from .batch import MicroBatch
 
 logger = logging.getLogger(__name__)
@@ -206,9 +207,16 @@ class PolicyTrainer(_DeepSpeedModel):
         return [response_logprobs(self.engine, mb.to(self.device), self.temperature)[0].cpu() for mb in micro_batches]
 
     def train(self, steps: Sequence[Sequence[MicroBatch]]) -> dict[str, float]:
-        """One optimizer step per entry of ``steps`` (each a full gradient-accumulation cycle)."""
+        """One optimizer step per entry of ``steps`` (each a full gradient-accumulation cycle).
+
+        With ``algorithm.async`` and a batch trained in one optimizer step (no old logprobs sent:
+        the driver skipped that forward pass), the logprobs of this step's own forward pass are the
+        old policy's, so the truncated importance weights against the sampling policy are taken
+        from them here (:func:`~rlhf_workers.async_rollout.off_policy_correction`), and the
+        ``async/behaviour_*``/``async/is_weight_*`` measurements come back with the stats."""
         algo = self.algorithm
         kl_loss_on = algo.kl.use_loss and algo.kl.coef > 0
+        weigh_here = algo.async_.enabled and len(steps) == 1 and all(mb.old_logprobs is None for mb in steps[0])
         self.engine.train()
         sums: dict[str, list[float]] = defaultdict(list)
         for k, micro_batches in enumerate(steps):
@@ -220,8 +228,14 @@ class PolicyTrainer(_DeepSpeedModel):
                     continue
                 mask = mb.action_mask
                 old = mb.old_logprobs if mb.old_logprobs is not None else logp.detach()
+                advantages = mb.advantages
+                if weigh_here and mb.rollout_logprobs is not None:  # async, one optimizer step: see the docstring
+                    correction = off_policy_correction(logp.detach(), mb.rollout_logprobs, mask)
+                    advantages = correction.weigh(advantages)
+                    for key, value in correction.metrics.items():
+                        sums[key].append(value)
                 kl = compute_kl(logp, mb.ref_logprobs, algo.kl.estimator, mask) if kl_loss_on else None
-                loss, stats = policy_loss(logp, old, mb.advantages, mask, clip_eps_low=algo.clip_range,
+                loss, stats = policy_loss(logp, old, advantages, mask, clip_eps_low=algo.clip_range,
                                           kl=kl, kl_coef=algo.kl.coef if kl_loss_on else 0.0)
                 if entropy is not None:
                     loss = loss - algo.entropy_coef * masked_mean(entropy, mask)
